@@ -1,0 +1,71 @@
+"""llama_cython: llama.cpp for Python, through Cython, with numpy in and out.
+
+>>> import llama_cython as llama
+>>> model = llama.load_model(llama.models.model_path())          # doctest: +SKIP
+>>> with model.new_context(n_ctx=1024) as ctx:                     # doctest: +SKIP
+...     print(ctx.generate("The capital of France is", max_tokens=16, temperature=0))
+"""
+
+from __future__ import annotations
+
+import logging as _logging
+import os as _os
+
+# ggml forks gdb to print a backtrace before aborting unless this is set; never do that inside
+# a Python process (llama_cython checks inputs so that llama.cpp does not abort at all).
+_os.environ.setdefault("GGML_NO_BACKTRACE", "1")
+
+# Silent by default: llama.cpp's log goes to this logger, which prints nothing unless the
+# application configures logging.
+_logging.getLogger("llama_cython").addHandler(_logging.NullHandler())
+
+from llama_cython import models  # noqa: E402
+from llama_cython._core import (  # noqa: E402
+    Context,
+    Model,
+    load_model,
+    max_devices,
+    supports_gpu_offload,
+    system_info,
+)
+from llama_cython.errors import (  # noqa: E402
+    AllocationError,
+    ClosedError,
+    ContextBusyError,
+    ContextError,
+    ContextSizeError,
+    DecodeError,
+    LlamaError,
+    ModelLoadError,
+    ModelNotFoundError,
+    OptionError,
+    TemplateError,
+    TokenizeError,
+)
+from llama_cython.stats import GenerationStats  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AllocationError",
+    "ClosedError",
+    "Context",
+    "ContextBusyError",
+    "ContextError",
+    "ContextSizeError",
+    "DecodeError",
+    "GenerationStats",
+    "LlamaError",
+    "Model",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "OptionError",
+    "TemplateError",
+    "TokenizeError",
+    "__version__",
+    "load_model",
+    "max_devices",
+    "models",
+    "supports_gpu_offload",
+    "system_info",
+]

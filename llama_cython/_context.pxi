@@ -1,0 +1,379 @@
+# Context: owns a llama_context* and its batch. One thread at a time.
+
+cdef dict _KV_TYPES = {
+    "f32": ggml.GGML_TYPE_F32, "f16": ggml.GGML_TYPE_F16, "bf16": ggml.GGML_TYPE_BF16,
+    "q8_0": ggml.GGML_TYPE_Q8_0, "q4_0": ggml.GGML_TYPE_Q4_0, "q4_1": ggml.GGML_TYPE_Q4_1,
+    "q5_0": ggml.GGML_TYPE_Q5_0, "q5_1": ggml.GGML_TYPE_Q5_1, "iq4_nl": ggml.GGML_TYPE_IQ4_NL,
+}
+cdef dict _FLASH_ATTN = {
+    "auto": ll.LLAMA_FLASH_ATTN_TYPE_AUTO, None: ll.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": ll.LLAMA_FLASH_ATTN_TYPE_ENABLED, True: ll.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": ll.LLAMA_FLASH_ATTN_TYPE_DISABLED, False: ll.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+cdef dict _POOLING = {
+    None: ll.LLAMA_POOLING_TYPE_UNSPECIFIED, "none": ll.LLAMA_POOLING_TYPE_NONE,
+    "mean": ll.LLAMA_POOLING_TYPE_MEAN, "cls": ll.LLAMA_POOLING_TYPE_CLS,
+    "last": ll.LLAMA_POOLING_TYPE_LAST, "rank": ll.LLAMA_POOLING_TYPE_RANK,
+}
+cdef dict _POOLING_NAMES = {
+    ll.LLAMA_POOLING_TYPE_NONE: "none", ll.LLAMA_POOLING_TYPE_MEAN: "mean",
+    ll.LLAMA_POOLING_TYPE_CLS: "cls", ll.LLAMA_POOLING_TYPE_LAST: "last",
+    ll.LLAMA_POOLING_TYPE_RANK: "rank",
+}
+_KV_REPORT = re.compile(r"K \((\w+)\):.*V \((\w+)\):")
+_MAX_THREADS = 512   # GGML_MAX_N_THREADS
+
+
+cdef int _default_threads():
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+cdef cppbool _abort_callback(void * data) noexcept nogil:
+    # Called by llama.cpp's CPU backend after every graph node, without the GIL: a plain read.
+    return (<volatile int *>data)[0] != 0
+
+
+cdef object _lookup(dict table, object value, str name):
+    try:
+        return table[value]
+    except (KeyError, TypeError):
+        choices = ", ".join(repr(k) for k in table if isinstance(k, str))
+        raise OptionError(f"{name} must be one of {choices}; got {value!r}") from None
+
+
+@cython.no_gc_clear
+@cython.final
+cdef class Context:
+    """One KV cache and the state of one conversation, on a :class:`Model`.
+
+    Create it with ``model.new_context(...)``. A context is used by one thread at a time: a
+    second thread calling it while it is busy gets :class:`ContextBusyError` at once. Use one
+    context per thread; they share the model's weights and run in parallel.
+    """
+
+    cdef ll.llama_context * _ctx
+    cdef ll.llama_batch_ext * _batch
+    cdef readonly Model model
+    cdef object _lock
+    cdef volatile int _abort
+    cdef readonly bint prefix_caching
+    cdef readonly object kv_cache_type
+    cdef readonly str flash_attn
+    cdef readonly object last_stats
+    cdef object __weakref__
+
+    def __cinit__(self):
+        self._ctx = NULL
+        self._batch = NULL
+        self._abort = 0
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("Context cannot be created directly; use model.new_context()")
+
+    @staticmethod
+    cdef Context _create(Model model, object n_ctx, object n_batch, object n_ubatch,
+                         object n_threads, object n_threads_batch, object kv_cache_type,
+                         object flash_attn, object embeddings, object pooling,
+                         object n_parallel, object prefix_caching):
+        cdef int32_t n_ctx_train = ll.llama_model_n_ctx_train(model._model)
+        if model.vocab_only:
+            raise ContextError("the model was loaded with vocab_only=True; it has no weights to run")
+        _check_int(n_ctx, "n_ctx", 0, INT32_MAX)
+        if n_ctx > n_ctx_train:
+            raise ContextSizeError(
+                f"context size exceeds model maximum: n_ctx={n_ctx} but the model was trained "
+                f"for {n_ctx_train} tokens")
+        _check_int(n_batch, "n_batch", 1, INT32_MAX)
+        if n_ubatch is None:
+            n_ubatch = min(512, n_batch)
+        _check_int(n_ubatch, "n_ubatch", 1, n_batch)
+        if n_threads is None:
+            n_threads = _default_threads()
+        _check_int(n_threads, "n_threads", 1, _MAX_THREADS)
+        if n_threads_batch is None:
+            n_threads_batch = n_threads
+        _check_int(n_threads_batch, "n_threads_batch", 1, _MAX_THREADS)
+        cdef int max_seq = <int>ll.llama_max_parallel_sequences()
+        _check_int(n_parallel, "n_parallel", 1, max_seq)
+        if not isinstance(kv_cache_type, str):
+            raise TypeError(f"kv_cache_type must be a str, got {type(kv_cache_type).__name__}")
+        kv = _lookup(_KV_TYPES, kv_cache_type.lower(), "kv_cache_type")
+        fa = _lookup(_FLASH_ATTN, flash_attn.lower() if isinstance(flash_attn, str) else flash_attn,
+                     "flash_attn")
+        pool = _lookup(_POOLING, pooling.lower() if isinstance(pooling, str) else pooling, "pooling")
+        if not isinstance(embeddings, bool):
+            raise TypeError(f"embeddings must be a bool, got {type(embeddings).__name__}")
+        if not isinstance(prefix_caching, bool):
+            raise TypeError(f"prefix_caching must be a bool, got {type(prefix_caching).__name__}")
+        if ggml.ggml_is_quantized(<ggml.ggml_type>kv) and fa == ll.LLAMA_FLASH_ATTN_TYPE_DISABLED:
+            # llama.cpp refuses a quantized V cache without flash attention (returns NULL).
+            raise OptionError(f"kv_cache_type={kv_cache_type!r} needs flash attention; "
+                              "use flash_attn='auto' or 'on'")
+        # One output per sequence must fit the batch, or llama.cpp aborts while creating the
+        # context (output_reserve asserts n_seq_max <= n_outputs_max = n_batch).
+        eff_ctx = n_ctx if n_ctx else n_ctx_train
+        if n_parallel > min(eff_ctx, n_batch):
+            raise OptionError(f"n_parallel={n_parallel} must not exceed n_batch ({n_batch}) "
+                              f"or n_ctx ({eff_ctx})")
+
+        cdef ll.llama_context_params p = ll.llama_context_default_params()
+        p.n_ctx = n_ctx
+        p.n_batch = n_batch
+        p.n_ubatch = n_ubatch
+        p.n_seq_max = n_parallel
+        p.n_threads = n_threads
+        p.n_threads_batch = n_threads_batch
+        p.type_k = <ggml.ggml_type>kv
+        p.type_v = <ggml.ggml_type>kv
+        p.flash_attn_type = <ll.llama_flash_attn_type>fa
+        p.pooling_type = <ll.llama_pooling_type>pool
+        p.embeddings = embeddings
+        p.no_perf = True
+
+        cdef Context self = Context.__new__(Context)
+        self.model = model
+        self._lock = threading.Lock()
+        self.prefix_caching = prefix_caching
+        p.abort_callback = _abort_callback
+        p.abort_callback_data = <void *>&self._abort
+
+        cdef ll.llama_context * raw = NULL
+        mark = _log_mark()
+        model._users += 1
+        try:
+            with _global_lock:   # also serialises the log capture of concurrent creations
+                _log_capture_begin()
+                try:
+                    with nogil:
+                        raw = ll.llama_init_from_model(model._model, p)
+                finally:
+                    report = _log_capture_end()
+        finally:
+            model._users -= 1
+        _drain_log()
+        if raw == NULL:
+            raise _creation_error("new_context", mark, "llama.cpp could not create the context")
+        self._ctx = raw
+        self._batch = ll.llama_batch_ext_init(raw)
+        if self._batch == NULL:
+            ll.llama_free(raw)
+            self._ctx = NULL
+            raise AllocationError("new_context: failed to allocate the batch")
+        self._read_report(report, fa)
+        model._contexts.add(self)
+        return self
+
+    cdef _read_report(self, list lines, object fa):
+        """Effective KV type and flash attention, as llama.cpp reported them while creating."""
+        self.kv_cache_type = None         # models without a KV cache (BERT-like) report none
+        for line in lines:
+            m = _KV_REPORT.search(line)
+            if m is not None:
+                self.kv_cache_type = m.group(1) if m.group(1) == m.group(2) else f"{m.group(1)}/{m.group(2)}"
+        if fa == ll.LLAMA_FLASH_ATTN_TYPE_ENABLED:
+            self.flash_attn = "on"
+        elif fa == ll.LLAMA_FLASH_ATTN_TYPE_DISABLED:
+            self.flash_attn = "off"
+        else:
+            self.flash_attn = "off"
+            for line in lines:
+                if "Flash Attention enabled" in line:
+                    self.flash_attn = "on"
+        for line in lines:
+            if "enabling flash_attn" in line:
+                self.flash_attn = "on"
+
+    def __dealloc__(self):
+        if self._batch != NULL:
+            ll.llama_batch_ext_free(self._batch)
+            self._batch = NULL
+        if self._ctx != NULL:
+            ll.llama_free(self._ctx)
+            self._ctx = NULL
+
+    # -- guards -----------------------------------------------------------------------------
+
+    cdef inline int _check_open(self) except -1:
+        if self._ctx == NULL:
+            raise ClosedError("context is closed")
+        if self.model._model == NULL:      # cannot happen: the model refuses to close first
+            raise ClosedError("model is closed")
+        return 0
+
+    cdef int _enter(self) except -1:
+        """Open check + take the context for this thread, or fail at once if it is busy."""
+        self._check_open()
+        if not self._lock.acquire(False):
+            raise ContextBusyError(
+                "context is busy: another thread is using it (use one context per thread)")
+        self._abort = 0
+        return 0
+
+    cdef inline void _leave(self):
+        self._lock.release()
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def close(self):
+        """Free the KV cache now. Idempotent; raises ContextBusyError while another thread uses it."""
+        if self._ctx == NULL:
+            return
+        if not self._lock.acquire(False):
+            raise ContextBusyError("context is busy: cannot close it while another thread uses it")
+        try:
+            if self._batch != NULL:
+                ll.llama_batch_ext_free(self._batch)
+                self._batch = NULL
+            with nogil:
+                ll.llama_free(self._ctx)
+            self._ctx = NULL
+            self.model._contexts.discard(self)
+        finally:
+            self._lock.release()
+
+    @property
+    def closed(self):
+        """True once :meth:`close` has run."""
+        return self._ctx == NULL
+
+    def __enter__(self):
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __repr__(self):
+        if self._ctx == NULL:
+            return "<llama_cython.Context closed>"
+        return (f"<llama_cython.Context n_ctx={self.n_ctx} n_batch={self.n_batch} "
+                f"n_threads={self.n_threads} kv_cache_type={self.kv_cache_type!r}>")
+
+    # -- effective options, read back from llama.cpp ------------------------------------------
+
+    @property
+    def n_ctx(self):
+        """Tokens the context holds (llama.cpp's effective value, padded to 256)."""
+        self._check_open()
+        return ll.llama_n_ctx(self._ctx)
+
+    @property
+    def n_ctx_seq(self):
+        """Tokens each parallel sequence may hold."""
+        self._check_open()
+        return ll.llama_n_ctx_seq(self._ctx)
+
+    @property
+    def n_batch(self):
+        """Most tokens per decode call."""
+        self._check_open()
+        return ll.llama_n_batch(self._ctx)
+
+    @property
+    def n_ubatch(self):
+        """Physical micro-batch size."""
+        self._check_open()
+        return ll.llama_n_ubatch(self._ctx)
+
+    @property
+    def n_threads(self):
+        """Threads used for generation."""
+        self._check_open()
+        return ll.llama_n_threads(self._ctx)
+
+    @property
+    def n_threads_batch(self):
+        """Threads used for prompt and batch processing."""
+        self._check_open()
+        return ll.llama_n_threads_batch(self._ctx)
+
+    @property
+    def n_parallel(self):
+        """Sequences the context can hold at once."""
+        self._check_open()
+        return ll.llama_n_seq_max(self._ctx)
+
+    @property
+    def embeddings(self):
+        """True when the context computes embeddings (llama.cpp allocated an embedding buffer)."""
+        self._check_open()
+        return ll.llama_get_embeddings(self._ctx) != NULL
+
+    @property
+    def pooling(self):
+        """Effective pooling of embeddings: 'none', 'mean', 'cls', 'last' or 'rank'."""
+        self._check_open()
+        return _POOLING_NAMES.get(ll.llama_pooling_type_of(self._ctx), "none")
+
+    @property
+    def n_past(self):
+        """Tokens currently in the KV cache of sequence 0."""
+        self._check_open()
+        return ll.llama_memory_seq_pos_max(ll.llama_get_memory(self._ctx), 0) + 1
+
+    # -- tokens -----------------------------------------------------------------------------
+
+    def tokenize(self, text, bint add_special=True, bint parse_special=False):
+        """Same as :meth:`Model.tokenize` (the vocabulary belongs to the model)."""
+        self._check_open()
+        return self.model.tokenize(text, add_special, parse_special)
+
+    def detokenize(self, tokens, bint remove_special=False, bint unparse_special=False):
+        """Same as :meth:`Model.detokenize`."""
+        self._check_open()
+        return self.model.detokenize(tokens, remove_special, unparse_special)
+
+    def token_to_piece(self, token, bint special=True):
+        """Same as :meth:`Model.token_to_piece`."""
+        self._check_open()
+        return self.model.token_to_piece(token, special)
+
+    # -- generation -------------------------------------------------------------------------
+
+    def generate(self, prompt, *, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95,
+                 min_p=0.05, repetition_penalty=1.0, repeat_last_n=64, seed=None):
+        """Continue ``prompt`` and return the generated text (``str``).
+
+        The whole loop (decode the prompt, then sample, accept, decode one token at a time)
+        runs in C with the GIL released. Generation ends at an end-of-generation token of the
+        model, after ``max_tokens`` tokens, or when the context is full; ``ctx.last_stats``
+        tells which (``finish_reason``), with token counts and timings.
+
+        Parameters
+        ----------
+        prompt : str
+            The text to continue. Special-token text (``<|im_start|>``...) is parsed as tokens.
+        max_tokens : int
+            Most tokens to generate.
+        temperature : float
+            0 picks the most likely token every time (greedy, deterministic); higher is more random.
+        top_k, top_p, min_p : int, float, float
+            Keep the ``top_k`` most likely tokens (0: all), the smallest set whose probability
+            reaches ``top_p`` (1: all), and tokens at least ``min_p`` times as likely as the
+            best one (0: all).
+        repetition_penalty : float
+            Divides the logits of tokens seen in the last ``repeat_last_n`` generated tokens
+            (1.0: off).
+        seed : int, optional
+            Seed of the random sampler; the same seed gives the same text. ``None``: random.
+
+        Examples
+        --------
+        >>> ctx = model.new_context(n_ctx=512)                            # doctest: +SKIP
+        >>> ctx.generate("The capital of France is", max_tokens=8, temperature=0)  # doctest: +SKIP
+        ' Paris. It is the largest city in France'
+        """
+        cdef _SamplingParams sp = _sampling_params(temperature, top_k, top_p, min_p,
+                                                   repetition_penalty, repeat_last_n, seed)
+        return _run_generate(self, prompt, max_tokens, sp)
+
+    def cancel(self):
+        """Ask a running generation on this context to stop (safe from any thread).
+
+        The loop notices within one token (or one graph node of a long prompt) and returns what
+        it has, with ``finish_reason == "cancelled"``.
+        """
+        self._abort = 1

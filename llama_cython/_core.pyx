@@ -1,0 +1,90 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: embedsignature=True, binding=True
+# distutils: language = c++
+"""The compiled core of llama_cython: llama.cpp linked statically, wrapped in Cython.
+
+This file is the table of contents; each part is one ``.pxi`` with one responsibility:
+
+====================  =========================================================
+``_log.pxi``          llama.cpp's log, collected without the GIL, sent to ``logging``
+``_errors.pxi``       return codes and NULLs turned into exceptions, in one place
+``_model.pxi``        ``load_model`` and ``Model`` (weights, vocabulary, metadata)
+``_tokens.pxi``       tokenize / detokenize into numpy arrays filled in C
+``_context.pxi``      ``Context`` (KV cache, options read back from llama.cpp)
+``_sampler.pxi``      sampler chains, always ending in a selecting sampler
+``_generate.pxi``     the decode-sample-accept loop, run without the GIL
+====================  =========================================================
+
+Users import :mod:`llama_cython`, not this module.
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.math cimport isfinite
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, INT32_MAX, INT32_MIN
+from libc.string cimport memcpy
+from libcpp cimport bool as cppbool
+from libcpp.deque cimport deque
+from libcpp.mutex cimport mutex
+from libcpp.pair cimport pair
+from libcpp.string cimport string
+from libcpp.vector cimport vector
+
+from llama_cython.includes cimport ggml
+from llama_cython.includes cimport llama as ll
+
+import logging
+import os
+import re
+import threading
+import weakref
+
+import numpy as np
+
+from llama_cython.errors import (
+    AllocationError,
+    ClosedError,
+    ContextBusyError,
+    ContextError,
+    ContextSizeError,
+    DecodeError,
+    LlamaError,
+    ModelLoadError,
+    ModelNotFoundError,
+    OptionError,
+    TokenizeError,
+)
+from llama_cython.stats import GenerationStats
+
+include "_log.pxi"
+include "_errors.pxi"
+include "_model.pxi"
+include "_tokens.pxi"
+include "_context.pxi"
+include "_sampler.pxi"
+include "_generate.pxi"
+
+
+# Process-wide setup, once, at import: the log callback first so that nothing reaches stderr,
+# then the backends.
+ll.llama_log_set(_log_callback, NULL)
+with nogil:
+    ll.llama_backend_init()
+_drain_log()
+
+
+def system_info() -> str:
+    """llama.cpp's description of the CPU features and backends this build uses."""
+    with _global_lock:   # llama_print_system_info returns a static std::string buffer
+        return (<bytes>ll.llama_print_system_info()).decode("utf-8", "replace")
+
+
+def supports_gpu_offload() -> bool:
+    """True when this build has a GPU backend (CUDA, Metal, Vulkan...) that can hold layers."""
+    return ll.llama_supports_gpu_offload()
+
+
+def max_devices() -> int:
+    """The most devices ``tensor_split`` can name (llama.cpp's ``llama_max_devices()``)."""
+    return ll.llama_max_devices()

@@ -1,0 +1,467 @@
+# Model: owns a llama_model* (weights + vocabulary). Safe to share between threads.
+
+# Loads are serialised: llama.cpp's own thread-safety test loads models one after another.
+_load_lock = threading.Lock()
+
+cdef int _MAX_BLOCKS = 512   # llama-model.cpp asserts 0 < block_count <= 512 (an abort, not an error)
+
+
+cdef class _Progress:
+    """Carries the user's progress callable and any exception it raised across the C call."""
+    cdef object fn
+    cdef object error
+    cdef bint cancelled
+
+    def __cinit__(self, fn):
+        self.fn = fn
+        self.error = None
+        self.cancelled = False
+
+
+cdef cppbool _progress_callback(float progress, void * user_data) noexcept with gil:
+    # Runs on the loading thread, which released the GIL; llama.cpp cancels the load when this
+    # returns false. Exceptions are kept and re-raised once the load has returned.
+    cdef _Progress holder = <_Progress>user_data
+    try:
+        result = holder.fn(float(progress))
+    except BaseException as exc:   # also KeyboardInterrupt: stop loading, re-raise after
+        holder.error = exc
+        holder.cancelled = True
+        return False
+    if result is not None and not result:
+        holder.cancelled = True
+        return False
+    return True
+
+
+cdef bytes _fs_path(object path, str what):
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"{what} must be a str or os.PathLike, got {type(path).__name__}")
+    return os.fsencode(path)
+
+
+cdef _precheck_gguf(bytes bpath, str shown):
+    """Refuse files that would make llama.cpp abort or fail obscurely, before loading them."""
+    cdef ggml.gguf_init_params params
+    cdef ggml.gguf_context * g
+    cdef const char * cpath = bpath
+    cdef int64_t key
+    try:
+        st = os.stat(bpath)
+    except FileNotFoundError:
+        raise ModelNotFoundError(f"model file not found: {shown}") from None
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model file {shown}: {exc.strerror}") from None
+    import stat as _stat
+    if _stat.S_ISDIR(st.st_mode):
+        raise ModelLoadError(f"model path is a directory, not a GGUF file: {shown}")
+    if st.st_size == 0:
+        raise ModelLoadError(f"model file is empty: {shown}")
+    try:
+        with open(bpath, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model file {shown}: {exc.strerror}") from None
+    if magic != b"GGUF":
+        raise ModelLoadError(f"not a GGUF file (it starts with {magic!r}, not b'GGUF'): {shown}")
+    params.no_alloc = True
+    params.ctx = NULL
+    mark = _log_mark()
+    with nogil:
+        g = ggml.gguf_init_from_file(cpath, params)
+    _drain_log()
+    if g == NULL:
+        raise ModelLoadError(f"corrupt or truncated GGUF file: {shown}{_log_since(mark)}")
+    try:
+        key = ggml.gguf_find_key(g, b"general.architecture")
+        if key >= 0 and ggml.gguf_get_kv_type(g, key) == ggml.GGUF_TYPE_STRING:
+            arch = ggml.gguf_get_val_str(g, key)
+            key = ggml.gguf_find_key(g, arch + b".block_count")
+            if key >= 0 and ggml.gguf_get_kv_type(g, key) == ggml.GGUF_TYPE_UINT32:
+                n = ggml.gguf_get_val_u32(g, key)
+                if n == 0 or n > _MAX_BLOCKS:
+                    raise ModelLoadError(
+                        f"invalid GGUF: {arch.decode(errors='replace')}.block_count is {n} "
+                        f"(llama.cpp supports 1 to {_MAX_BLOCKS}): {shown}")
+    finally:
+        ggml.gguf_free(g)
+
+
+def load_model(path, *, int n_gpu_layers=-1, bint use_mmap=True, bint use_mlock=False,
+               int main_gpu=0, tensor_split=None, bint vocab_only=False,
+               bint check_tensors=False, bint verbose=False, progress=None):
+    """Load a GGUF model file and return a :class:`Model`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.gguf`` file.
+    n_gpu_layers : int
+        Layers to offload to the GPU; ``-1`` (default) offloads all of them. Ignored by a
+        CPU-only build.
+    use_mmap, use_mlock : bool
+        Map the file instead of reading it (default), and/or lock the weights in RAM.
+    main_gpu : int
+        The GPU that holds the model when it is not split.
+    tensor_split : sequence of float, optional
+        Fraction of the model for each GPU (at most :func:`max_devices` values).
+    vocab_only : bool
+        Load only the tokenizer (fast; no weights): tokenization works, contexts do not.
+    check_tensors : bool
+        Validate the tensor data (NaN/Inf) while loading.
+    verbose : bool
+        Echo llama.cpp's log of this load to stderr. By default llama.cpp is silent; its
+        log always goes to the ``llama_cython.llama_cpp`` logger.
+    progress : callable, optional
+        ``progress(fraction) -> bool | None``; called on the loading thread with a value
+        between 0 and 1. Returning ``False`` (or raising) cancels the load, which then raises
+        :class:`ModelLoadError` (or re-raises the callable's exception).
+
+    Raises
+    ------
+    ModelNotFoundError
+        The file does not exist ("model file not found").
+    ModelLoadError
+        It is not a valid GGUF file, or llama.cpp failed to load it.
+
+    Examples
+    --------
+    >>> import llama_cython as llama
+    >>> model = llama.load_model(llama.models.model_path())        # doctest: +SKIP
+    >>> model.architecture, model.n_vocab                          # doctest: +SKIP
+    ('llama', 49152)
+    """
+    cdef bytes bpath = _fs_path(path, "path")
+    shown = os.fsdecode(path)
+    if n_gpu_layers < -1:
+        raise OptionError(f"n_gpu_layers must be -1 (all) or >= 0, got {n_gpu_layers}")
+    if main_gpu < 0:
+        raise OptionError(f"main_gpu must be >= 0, got {main_gpu}")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be callable, got {type(progress).__name__}")
+    cdef size_t n_dev = ll.llama_max_devices()
+    # llama.cpp reads tensor_split as exactly llama_max_devices() floats: always pass a full buffer.
+    cdef float[::1] split = np.zeros(max(<Py_ssize_t>n_dev, 1), dtype=np.float32)
+    if tensor_split is not None:
+        values = np.asarray(tensor_split, dtype=np.float64).ravel()
+        if values.size > <Py_ssize_t>n_dev:
+            raise OptionError(f"tensor_split has {values.size} values; this build supports {n_dev} devices")
+        if values.size and (not np.all(np.isfinite(values)) or np.any(values < 0) or values.sum() <= 0):
+            raise OptionError("tensor_split must hold finite, non-negative values with a positive sum")
+        for i in range(values.size):
+            split[i] = values[i]
+
+    _precheck_gguf(bpath, shown)
+
+    cdef ll.llama_model_params params = ll.llama_model_default_params()
+    params.n_gpu_layers = n_gpu_layers
+    params.main_gpu = main_gpu
+    params.tensor_split = &split[0]
+    params.vocab_only = vocab_only
+    params.check_tensors = check_tensors
+    if use_mmap and use_mlock:
+        params.load_mode = ll.LLAMA_LOAD_MODE_MMAP_MLOCK
+    elif use_mmap:
+        params.load_mode = ll.LLAMA_LOAD_MODE_MMAP
+    elif use_mlock:
+        params.load_mode = ll.LLAMA_LOAD_MODE_MLOCK
+    else:
+        params.load_mode = ll.LLAMA_LOAD_MODE_NONE
+    cdef _Progress holder = None
+    if progress is not None:
+        holder = _Progress(progress)
+        params.progress_callback = _progress_callback
+        params.progress_callback_user_data = <void *>holder
+    else:
+        # Without a callback llama.cpp prints progress dots through the log: keep it quiet.
+        params.progress_callback = NULL
+
+    cdef const char * cpath = bpath
+    cdef ll.llama_model * raw = NULL
+    _log_set_debug(logger.isEnabledFor(logging.DEBUG))
+    mark = _log_mark()
+    with _load_lock:
+        with nogil:
+            raw = ll.llama_model_load_from_file(cpath, params)
+    _drain_log(verbose)
+    if raw == NULL:
+        if holder is not None and holder.error is not None:
+            raise holder.error
+        if holder is not None and holder.cancelled:
+            raise ModelLoadError(f"loading {shown} was cancelled by the progress callback")
+        raise ModelLoadError(f"llama.cpp failed to load the model {shown}{_log_since(mark)}")
+    cdef Model model = Model.__new__(Model)
+    model._attach(raw, shown, vocab_only)
+    return model
+
+
+@cython.final
+cdef class Model:
+    """A loaded GGUF model: weights, vocabulary and metadata. Create it with :func:`load_model`.
+
+    A model is safe to share between threads: tokenization and context creation may run in
+    several threads at once. Generation happens on a :class:`Context` (``model.new_context()``),
+    one per thread. ``close()`` frees the weights; it refuses while contexts are open.
+    """
+
+    cdef ll.llama_model * _model
+    cdef const ll.llama_vocab * _vocab
+    cdef readonly str path
+    cdef readonly bint vocab_only
+    cdef int32_t _n_vocab
+    cdef object _contexts        # WeakSet of open Contexts
+    cdef int _users              # calls running without the GIL; guarded by the GIL
+    cdef dict _metadata
+    cdef object __weakref__
+
+    def __cinit__(self):
+        self._model = NULL
+        self._vocab = NULL
+        self._users = 0
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("Model cannot be created directly; use llama_cython.load_model(path)")
+
+    cdef _attach(self, ll.llama_model * raw, str path, bint vocab_only):
+        self._model = raw
+        self._vocab = ll.llama_model_get_vocab(raw)
+        self._n_vocab = ll.llama_vocab_n_tokens(self._vocab)
+        self.path = path
+        self.vocab_only = vocab_only
+        self._contexts = weakref.WeakSet()
+        self._metadata = None
+
+    def __dealloc__(self):
+        # Contexts hold a strong reference to their model, so none is alive here.
+        if self._model != NULL:
+            ll.llama_model_free(self._model)
+            self._model = NULL
+
+    cdef inline int _check_open(self) except -1:
+        if self._model == NULL:
+            raise ClosedError("model is closed")
+        return 0
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def close(self):
+        """Free the weights now. Idempotent; raises while contexts of this model are open."""
+        if self._model == NULL:
+            return
+        open_contexts = [c for c in self._contexts if not (<Context>c).closed]
+        if open_contexts:
+            raise LlamaError(
+                f"model has {len(open_contexts)} open context(s); close them before the model")
+        if self._users:
+            raise ContextBusyError("model is in use by another thread; close it when that call returns")
+        ll.llama_model_free(self._model)
+        self._model = NULL
+        self._vocab = NULL
+
+    @property
+    def closed(self):
+        """True once :meth:`close` has run."""
+        return self._model == NULL
+
+    def __enter__(self):
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __repr__(self):
+        if self._model == NULL:
+            return f"<llama_cython.Model path={self.path!r} closed>"
+        return (f"<llama_cython.Model {self.description!r} path={self.path!r} "
+                f"n_vocab={self._n_vocab} n_ctx_train={self.n_ctx_train}>")
+
+    # -- facts ------------------------------------------------------------------------------
+
+    @property
+    def n_vocab(self):
+        """Number of tokens in the vocabulary."""
+        self._check_open()
+        return self._n_vocab
+
+    @property
+    def n_ctx_train(self):
+        """The context length the model was trained with: the largest ``n_ctx`` allowed."""
+        self._check_open()
+        return ll.llama_model_n_ctx_train(self._model)
+
+    @property
+    def n_embd(self):
+        """Width of the hidden state."""
+        self._check_open()
+        return ll.llama_model_n_embd(self._model)
+
+    @property
+    def n_embd_out(self):
+        """Width of the embedding vectors a context returns (usually ``n_embd``)."""
+        self._check_open()
+        return ll.llama_model_n_embd_out(self._model)
+
+    @property
+    def n_layer(self):
+        """Number of transformer blocks."""
+        self._check_open()
+        return ll.llama_model_n_layer(self._model)
+
+    @property
+    def n_head(self):
+        """Number of attention heads."""
+        self._check_open()
+        return ll.llama_model_n_head(self._model)
+
+    @property
+    def n_swa(self):
+        """Sliding-window attention size (0 when the model has none)."""
+        self._check_open()
+        return ll.llama_model_n_swa(self._model)
+
+    @property
+    def n_params(self):
+        """Number of parameters."""
+        self._check_open()
+        return ll.llama_model_n_params(self._model)
+
+    @property
+    def size(self):
+        """Total size of the weights in bytes."""
+        self._check_open()
+        return ll.llama_model_size(self._model)
+
+    @property
+    def has_encoder(self):
+        """True for encoder(-decoder) models."""
+        self._check_open()
+        return ll.llama_model_has_encoder(self._model)
+
+    @property
+    def description(self):
+        """llama.cpp's one-line description, e.g. ``'llama ?B Q4_1'``."""
+        self._check_open()
+        cdef char buf[256]
+        cdef int32_t n = ll.llama_model_desc(self._model, buf, sizeof(buf))
+        if n < 0:
+            return ""
+        return buf[:min(n, <int32_t>sizeof(buf) - 1)].decode("utf-8", "replace")
+
+    @property
+    def architecture(self):
+        """The GGUF ``general.architecture`` (``'llama'``, ``'gemma3'``, ``'bert'``...)."""
+        return self.metadata.get("general.architecture", "")
+
+    @property
+    def metadata(self):
+        """Every scalar GGUF key as a ``dict`` of str to str (arrays are not included)."""
+        self._check_open()
+        if self._metadata is None:
+            self._metadata = self._read_metadata()
+        return dict(self._metadata)
+
+    cdef dict _read_metadata(self):
+        cdef int32_t count = ll.llama_model_meta_count(self._model)
+        cdef dict out = {}
+        for i in range(count):
+            key = self._meta_string(i, True)
+            if key is not None:
+                out[key] = self._meta_string(i, False)
+        return out
+
+    cdef object _meta_string(self, int32_t i, bint want_key):
+        cdef string buf
+        cdef int32_t n
+        buf.resize(256)
+        while True:
+            if want_key:
+                n = ll.llama_model_meta_key_by_index(self._model, i, &buf[0], buf.size())
+            else:
+                n = ll.llama_model_meta_val_str_by_index(self._model, i, &buf[0], buf.size())
+            if n < 0:
+                return None
+            if <size_t>n < buf.size():
+                return PyUnicode_DecodeUTF8(buf.data(), n, "replace")
+            buf.resize(n + 1)
+
+    @property
+    def chat_template(self):
+        """The model's ``tokenizer.chat_template`` (Jinja source), or ``None``."""
+        self._check_open()
+        cdef const char * tmpl = ll.llama_model_chat_template(self._model, NULL)
+        if tmpl == NULL:
+            return None
+        return (<bytes>tmpl).decode("utf-8", "replace")
+
+    # -- tokens -----------------------------------------------------------------------------
+
+    def tokenize(self, text, bint add_special=True, bint parse_special=False):
+        """Text to token ids, as a 1-D ``int32`` numpy array written by llama.cpp directly.
+
+        ``add_special`` adds the model's BOS/EOS as its tokenizer is configured to;
+        ``parse_special`` turns special-token text such as ``<|im_start|>`` into those tokens
+        instead of spelling it out. ``text`` is a ``str`` (or UTF-8 ``bytes``).
+
+        >>> ids = model.tokenize("Hello world")                      # doctest: +SKIP
+        >>> ids.dtype, ids.ndim                                       # doctest: +SKIP
+        (dtype('int32'), 1)
+        """
+        self._check_open()
+        return _tokenize(self, _text_bytes(text, "text"), add_special, parse_special)
+
+    def detokenize(self, tokens, bint remove_special=False, bint unparse_special=False):
+        """Token ids back to text (``str``). Bytes that are not valid UTF-8 become U+FFFD."""
+        self._check_open()
+        return _detokenize(self, tokens, remove_special, unparse_special)
+
+    def token_to_piece(self, token, bint special=True):
+        """The bytes one token stands for (``bytes``: a piece can be part of a UTF-8 character)."""
+        self._check_open()
+        return _token_to_piece(self, token, special)
+
+    def is_eog(self, token):
+        """True if ``token`` ends generation (EOS, EOT...)."""
+        self._check_open()
+        cdef int32_t tok = _check_token(self, token)
+        return ll.llama_vocab_is_eog(self._vocab, tok)
+
+    # -- contexts ---------------------------------------------------------------------------
+
+    def new_context(self, *, n_ctx=2048, n_batch=512, n_ubatch=None, n_threads=None,
+                    n_threads_batch=None, kv_cache_type="f16", flash_attn="auto",
+                    embeddings=False, pooling=None, n_parallel=1, prefix_caching=True):
+        """Create a :class:`Context` (a KV cache and the state of one conversation).
+
+        Every option is checked here and read back from llama.cpp afterwards: the context's
+        properties (``ctx.n_ctx``, ``ctx.n_batch``...) are llama.cpp's effective values.
+
+        Parameters
+        ----------
+        n_ctx : int
+            Tokens the context holds (prompt + generated), at most :attr:`n_ctx_train`;
+            ``0`` means :attr:`n_ctx_train`. llama.cpp rounds it up to a multiple of 256.
+        n_batch : int
+            Most tokens submitted to one decode call (prompts are fed in chunks of this size).
+        n_ubatch : int, optional
+            Physical micro-batch size (default ``min(512, n_batch)``).
+        n_threads, n_threads_batch : int, optional
+            CPU threads for generation and for prompt/batch processing (default: the cores
+            this process may use).
+        kv_cache_type : {"f16", "f32", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"}
+            Type of the KV cache; quantized types need flash attention.
+        flash_attn : {"auto", "on", "off"} or bool
+            Flash attention; ``"auto"`` lets llama.cpp decide per device.
+        embeddings : bool
+            Make the context return embeddings instead of logits.
+        pooling : {None, "none", "mean", "cls", "last", "rank"}
+            How embeddings are pooled per sequence; ``None`` uses the model's own setting.
+        n_parallel : int
+            Number of sequences the context can hold at once (1 to 256).
+        prefix_caching : bool
+            Reuse the KV cache of the longest common prompt prefix between calls.
+        """
+        self._check_open()
+        return Context._create(self, n_ctx, n_batch, n_ubatch, n_threads, n_threads_batch,
+                               kv_cache_type, flash_attn, embeddings, pooling, n_parallel,
+                               prefix_caching)

@@ -1,0 +1,83 @@
+"""The exceptions of llama_cython: one hierarchy, each class also a matching builtin.
+
+Everything the package raises on purpose is a :class:`LlamaError`, so ``except LlamaError``
+catches it all; each class also inherits the builtin a Python user would reach for
+(``except FileNotFoundError`` works for a missing model file, ``except ValueError`` for a
+prompt that does not fit).
+
+>>> import llama_cython as llama
+>>> try:
+...     llama.load_model("/no/such/model.gguf")
+... except FileNotFoundError as exc:
+...     print(type(exc).__name__, "-", exc)
+ModelNotFoundError - model file not found: /no/such/model.gguf
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LlamaError",
+    "ModelNotFoundError",
+    "ModelLoadError",
+    "ContextError",
+    "ContextSizeError",
+    "ClosedError",
+    "ContextBusyError",
+    "DecodeError",
+    "AllocationError",
+    "TokenizeError",
+    "TemplateError",
+    "OptionError",
+]
+
+
+class LlamaError(Exception):
+    """Base class of every error raised by llama_cython."""
+
+
+class ModelNotFoundError(LlamaError, FileNotFoundError):
+    """The model path does not exist ("model file not found")."""
+
+
+class ModelLoadError(LlamaError, OSError):
+    """The file exists but llama.cpp could not load it (not GGUF, truncated, unsupported, cancelled)."""
+
+
+class ContextError(LlamaError):
+    """A context could not be created or an operation on it failed."""
+
+
+class ContextSizeError(ContextError, ValueError):
+    """A prompt or a requested size does not fit the context or the model's maximum."""
+
+
+class ClosedError(LlamaError, ValueError):
+    """The model or context was closed ("context is closed" / "model is closed")."""
+
+
+class ContextBusyError(ContextError, RuntimeError):
+    """Another thread is using this context right now; a Context serves one thread at a time."""
+
+
+class DecodeError(ContextError, RuntimeError):
+    """llama.cpp's decode returned an error; ``code`` holds its return value."""
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class AllocationError(LlamaError, MemoryError):
+    """llama.cpp failed to allocate memory ("failed to allocate")."""
+
+
+class TokenizeError(LlamaError, ValueError):
+    """Text could not be tokenized, or a token id is not in the vocabulary."""
+
+
+class OptionError(LlamaError, ValueError):
+    """An option has a value llama.cpp does not accept (checked before any C call)."""
+
+
+class TemplateError(LlamaError, ValueError):
+    """A chat template failed to render or tried to leave its sandbox."""
