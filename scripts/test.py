@@ -1,0 +1,26 @@
+#!/usr/bin/env python3
+"""Run the test suite: sets up .venv, llama.cpp, the extension and the models first.
+
+    python3 scripts/test.py              # the whole suite
+    python3 scripts/test.py -k tokenizer # extra arguments go to pytest
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bootstrap  # noqa: E402
+
+
+def main() -> None:
+    python = _bootstrap.ensure(models=("smollm2-135m-instruct", "gemma-3-270m"))
+    os.chdir(_bootstrap.ROOT)
+    args = [str(python), "-m", "pytest", "tests", *sys.argv[1:]]
+    os.execve(str(python), args, _bootstrap._env())
+
+
+if __name__ == "__main__":
+    main()
