@@ -1,0 +1,42 @@
+"""The documentation's examples run: README's Python blocks and the modules' doctests."""
+
+from __future__ import annotations
+
+import doctest
+import re
+from pathlib import Path
+
+import pytest
+
+import llama_cython as llama
+import llama_cython.errors
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _python_blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
+
+
+@pytest.mark.parametrize("index", range(len(_python_blocks(ROOT / "README.md"))))
+def test_readme_python_blocks_run(index: int, capsys: pytest.CaptureFixture[str]) -> None:
+    code = _python_blocks(ROOT / "README.md")[index]
+    exec(compile(code, f"README.md[python block {index}]", "exec"), {})
+    out = capsys.readouterr().out
+    assert out.strip(), "the README example printed nothing"
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    first_block = re.search(r"```bash\n(.*?)```", text, flags=re.S)
+    assert first_block is not None
+    commands = [line.split("#")[0].strip() for line in first_block.group(1).splitlines() if line.strip()]
+    assert commands == ["python3 scripts/demo.py", "python3 scripts/test.py"]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "python3 scripts/test.py" in ci
+
+
+@pytest.mark.parametrize("module", [llama_cython.errors, llama])
+def test_module_doctests(module: object) -> None:
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
+    assert result.failed == 0

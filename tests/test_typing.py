@@ -1,0 +1,27 @@
+"""The public API is typed: mypy --strict accepts the package's Python and a usage example."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_mypy_strict() -> None:
+    pytest.importorskip("mypy")
+    files = [
+        "llama_cython/__init__.py", "llama_cython/errors.py", "llama_cython/stats.py",
+        "llama_cython/models.py", "llama_cython/_core.pyi", "tests/typing/usage.py",
+    ]
+    cmd = [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", *files]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_stub_and_marker_are_shipped() -> None:
+    assert (ROOT / "llama_cython" / "py.typed").is_file()
+    assert (ROOT / "llama_cython" / "_core.pyi").is_file()

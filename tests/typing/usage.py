@@ -1,0 +1,31 @@
+"""Checked by mypy --strict in tests/test_typing.py (never run): the public API is typed."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+import llama_cython as llama
+
+
+def use(path: str) -> str:
+    model: llama.Model = llama.load_model(path, n_gpu_layers=0, progress=lambda p: p < 2.0)
+    ids: npt.NDArray[np.int32] = model.tokenize("hello", add_special=False)
+    piece: bytes = model.token_to_piece(int(ids[0]))
+    text: str = model.detokenize(ids) + piece.decode()
+    n: int = model.n_vocab + model.n_ctx_train + model.n_params + model.size
+    meta: dict[str, str] = model.metadata
+    with model.new_context(n_ctx=512, kv_cache_type="q8_0", flash_attn="on") as ctx:
+        out: str = ctx.generate("Hi", max_tokens=4, temperature=0.0, seed=1)
+        stats = ctx.last_stats
+        if stats is not None:
+            rate: float = stats.tokens_per_second
+            reason: str = stats.finish_reason
+            text += f"{rate}{reason}"
+        kv: str | None = ctx.kv_cache_type
+        text += out + str(kv) + str(n) + str(len(meta))
+    try:
+        llama.load_model("missing.gguf")
+    except llama.ModelNotFoundError as exc:
+        text += str(exc)
+    return text
