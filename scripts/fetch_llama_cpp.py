@@ -54,6 +54,16 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def verify_archive(archive: Path, expected: str) -> None:
+    """Raise FetchError unless ``archive`` has the pinned sha256."""
+    got = sha256_file(archive)
+    if got != expected:
+        raise FetchError(
+            f"sha256 mismatch for {archive.name}: expected {expected}, got {got}. "
+            "The archive is not the pinned one; refusing to use it."
+        )
+
+
 def _check_tree(path: Path) -> Path:
     if not (path / "include" / "llama.h").is_file():
         raise FetchError(f"{path} does not look like a llama.cpp checkout (include/llama.h is missing)")
@@ -82,12 +92,7 @@ def _download_sdist(pin: dict[str, str], dest: Path) -> Path:
     archive = dest / pin["sdist"]
     if proc.returncode != 0 or not archive.is_file():
         raise FetchError(f"pip download of {pin['source']}=={pin['version']} failed:\n{proc.stdout[-3000:]}")
-    got = sha256_file(archive)
-    if got != pin["sha256"]:
-        raise FetchError(
-            f"sha256 mismatch for {archive.name}: expected {pin['sha256']}, got {got}. "
-            "The archive is not the pinned one; refusing to use it."
-        )
+    verify_archive(archive, pin["sha256"])
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(archive, cached)
