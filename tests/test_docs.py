@@ -18,12 +18,16 @@ def _python_blocks(path: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
 
 
-@pytest.mark.parametrize("index", range(len(_python_blocks(ROOT / "README.md"))))
-def test_readme_python_blocks_run(index: int, capsys: pytest.CaptureFixture[str]) -> None:
-    code = _python_blocks(ROOT / "README.md")[index]
-    exec(compile(code, f"README.md[python block {index}]", "exec"), {})
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCKS = [(doc, i) for doc in DOCS for i in range(len(_python_blocks(doc)))]
+
+
+@pytest.mark.parametrize(("doc", "index"), BLOCKS, ids=[f"{d.name}-{i}" for d, i in BLOCKS])
+def test_doc_python_blocks_run(doc: Path, index: int, capsys: pytest.CaptureFixture[str]) -> None:
+    code = _python_blocks(doc)[index]
+    exec(compile(code, f"{doc.name}[python block {index}]", "exec"), {})
     out = capsys.readouterr().out
-    assert out.strip(), "the README example printed nothing"
+    assert out.strip(), "the example printed nothing"
 
 
 def test_readme_opens_with_the_two_commands() -> None:
