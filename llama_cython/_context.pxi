@@ -82,7 +82,9 @@ cdef class Context:
         if model.vocab_only:
             raise ContextError("the model was loaded with vocab_only=True; it has no weights to run")
         _check_int(n_ctx, "n_ctx", 0, INT32_MAX)
-        if n_ctx > n_ctx_train:
+        if n_ctx_train <= 0 and n_ctx == 0:
+            raise OptionError("the model does not state its trained context length; pass n_ctx > 0")
+        if 0 < n_ctx_train < n_ctx:
             raise ContextSizeError(
                 f"context size exceeds model maximum: n_ctx={n_ctx} but the model was trained "
                 f"for {n_ctx_train} tokens")
@@ -101,8 +103,12 @@ cdef class Context:
         if not isinstance(kv_cache_type, str):
             raise TypeError(f"kv_cache_type must be a str, got {type(kv_cache_type).__name__}")
         kv = _lookup(_KV_TYPES, kv_cache_type.lower(), "kv_cache_type")
+        if not isinstance(flash_attn, (str, bool, type(None))):
+            raise TypeError(f"flash_attn must be 'auto', 'on', 'off' or a bool, got {type(flash_attn).__name__}")
         fa = _lookup(_FLASH_ATTN, flash_attn.lower() if isinstance(flash_attn, str) else flash_attn,
                      "flash_attn")
+        if not isinstance(pooling, (str, type(None))):
+            raise TypeError(f"pooling must be a str or None, got {type(pooling).__name__}")
         pool = _lookup(_POOLING, pooling.lower() if isinstance(pooling, str) else pooling, "pooling")
         if not isinstance(embeddings, bool):
             raise TypeError(f"embeddings must be a bool, got {type(embeddings).__name__}")
@@ -141,6 +147,7 @@ cdef class Context:
         p.abort_callback_data = <void *>&self._abort
 
         cdef ll.llama_context * raw = NULL
+        _log_sync_level()
         mark = _log_mark()
         model._users += 1
         try:
@@ -316,17 +323,17 @@ cdef class Context:
 
     # -- tokens -----------------------------------------------------------------------------
 
-    def tokenize(self, text, bint add_special=True, bint parse_special=False):
+    def tokenize(self, text, add_special=True, parse_special=False):
         """Same as :meth:`Model.tokenize` (the vocabulary belongs to the model)."""
         self._check_open()
         return self.model.tokenize(text, add_special, parse_special)
 
-    def detokenize(self, tokens, bint remove_special=False, bint unparse_special=False):
+    def detokenize(self, tokens, remove_special=False, unparse_special=False):
         """Same as :meth:`Model.detokenize`."""
         self._check_open()
         return self.model.detokenize(tokens, remove_special, unparse_special)
 
-    def token_to_piece(self, token, bint special=True):
+    def token_to_piece(self, token, special=True):
         """Same as :meth:`Model.token_to_piece`."""
         self._check_open()
         return self.model.token_to_piece(token, special)

@@ -29,6 +29,7 @@ from libcpp.deque cimport deque
 from libcpp.mutex cimport mutex
 from libcpp.pair cimport pair
 from libcpp.string cimport string
+from libcpp.unordered_set cimport unordered_set
 from libcpp.vector cimport vector
 
 from llama_cython.includes cimport ggml

@@ -34,6 +34,13 @@ cdef inline int _check_int(object value, str name, int64_t lo, int64_t hi) excep
     return 0
 
 
+cdef inline bint _check_bool(object value, str name) except -1:
+    """Check that a flag is a bool (numpy bools too); "no" or None are not read as truth values."""
+    if isinstance(value, (bool, np.bool_)):
+        return <bint>value
+    raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
 cdef inline double _check_float(object value, str name, double lo, double hi,
                                  bint lo_open=False) except? -1:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):

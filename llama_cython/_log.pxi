@@ -75,9 +75,10 @@ cdef void _log_callback(ggml.ggml_log_level level, const char * text, void * use
     _log_mutex.unlock()
 
 
-cdef void _log_set_debug(bint enabled) noexcept:
+cdef _log_sync_level():
+    """Collect DEBUG lines only while someone listens to them (checked at each call into C)."""
     global _log_min_level
-    _log_min_level = 1 if enabled else 2
+    _log_min_level = 1 if logger.isEnabledFor(logging.DEBUG) else 2
 
 
 cdef _drain_log(bint echo=False):
@@ -86,6 +87,7 @@ cdef _drain_log(bint echo=False):
     _log_mutex.lock()
     lines.swap(_log_pending)
     _log_mutex.unlock()
+    _log_sync_level()
     if lines.size() == 0:
         return
     import sys

@@ -73,23 +73,70 @@ cdef _precheck_gguf(bytes bpath, str shown):
     if g == NULL:
         raise ModelLoadError(f"corrupt or truncated GGUF file: {shown}{_log_since(mark)}")
     try:
-        key = ggml.gguf_find_key(g, b"general.architecture")
-        if key >= 0 and ggml.gguf_get_kv_type(g, key) == ggml.GGUF_TYPE_STRING:
-            arch = ggml.gguf_get_val_str(g, key)
-            key = ggml.gguf_find_key(g, arch + b".block_count")
-            if key >= 0 and ggml.gguf_get_kv_type(g, key) == ggml.GGUF_TYPE_UINT32:
-                n = ggml.gguf_get_val_u32(g, key)
-                if n == 0 or n > _MAX_BLOCKS:
-                    raise ModelLoadError(
-                        f"invalid GGUF: {arch.decode(errors='replace')}.block_count is {n} "
-                        f"(llama.cpp supports 1 to {_MAX_BLOCKS}): {shown}")
+        problem = _gguf_problem(g)
     finally:
         ggml.gguf_free(g)
+    if problem is not None:
+        raise ModelLoadError(f"invalid GGUF: {problem} (llama.cpp would abort on it): {shown}")
 
 
-def load_model(path, *, int n_gpu_layers=-1, bint use_mmap=True, bint use_mlock=False,
-               int main_gpu=0, tensor_split=None, bint vocab_only=False,
-               bint check_tensors=False, bint verbose=False, progress=None):
+cdef int64_t _first_duplicate_string(ggml.gguf_context * g, int64_t key) noexcept nogil:
+    """Index of the first repeated string in a GGUF string array, or -1."""
+    cdef unordered_set[string] seen
+    cdef size_t n = ggml.gguf_get_arr_n(g, key)
+    cdef size_t i
+    cdef const char * s
+    seen.reserve(n)
+    for i in range(n):
+        s = ggml.gguf_get_arr_str(g, key, i)
+        if s == NULL:
+            continue
+        if not seen.insert(string(s)).second:
+            return <int64_t>i
+    return -1
+
+
+cdef object _gguf_problem(ggml.gguf_context * g):
+    """The first metadata value on which llama.cpp asserts (aborts) rather than fails, or None.
+
+    llama.cpp validates the file's structure itself (gguf_init_from_file) but trusts these
+    values: block_count outside (0, 512] (llama-model.cpp), a repeated vocabulary string
+    (llama-vocab.cpp: id_to_token.size() == token_to_id.size()), a NaN or negative norm epsilon
+    (ggml-cpu ops.cpp: eps >= 0, at the first decode).
+    """
+    cdef int64_t i, key, dup
+    cdef float eps
+    cdef int64_t n_kv = ggml.gguf_get_n_kv(g)
+    for i in range(n_kv):
+        if ggml.gguf_get_kv_type(g, i) != ggml.GGUF_TYPE_FLOAT32:
+            continue
+        name = <bytes>ggml.gguf_get_key(g, i)
+        if b"epsilon" in name:
+            eps = ggml.gguf_get_val_f32(g, i)
+            if not isfinite(eps) or eps < 0:
+                return f"{name.decode(errors='replace')} is {eps}"
+    key = ggml.gguf_find_key(g, b"general.architecture")
+    if key >= 0 and ggml.gguf_get_kv_type(g, key) == ggml.GGUF_TYPE_STRING:
+        arch = <bytes>ggml.gguf_get_val_str(g, key)
+        key = ggml.gguf_find_key(g, arch + b".block_count")
+        if key >= 0 and ggml.gguf_get_kv_type(g, key) == ggml.GGUF_TYPE_UINT32:
+            n = ggml.gguf_get_val_u32(g, key)
+            if n == 0 or n > _MAX_BLOCKS:
+                return f"{arch.decode(errors='replace')}.block_count is {n} (supported: 1 to {_MAX_BLOCKS})"
+    key = ggml.gguf_find_key(g, b"tokenizer.ggml.tokens")
+    if (key >= 0 and ggml.gguf_get_kv_type(g, key) == ggml.GGUF_TYPE_ARRAY
+            and ggml.gguf_get_arr_type(g, key) == ggml.GGUF_TYPE_STRING):
+        with nogil:
+            dup = _first_duplicate_string(g, key)
+        if dup >= 0:
+            text = (<bytes>ggml.gguf_get_arr_str(g, key, dup)).decode("utf-8", "replace")
+            return f"tokenizer.ggml.tokens repeats the token {text!r} (at index {dup})"
+    return None
+
+
+def load_model(path, *, n_gpu_layers=-1, use_mmap=True, use_mlock=False, main_gpu=0,
+               tensor_split=None, vocab_only=False, check_tensors=False, verbose=False,
+               progress=None):
     """Load a GGUF model file and return a :class:`Model`.
 
     Parameters
@@ -133,17 +180,23 @@ def load_model(path, *, int n_gpu_layers=-1, bint use_mmap=True, bint use_mlock=
     """
     cdef bytes bpath = _fs_path(path, "path")
     shown = os.fsdecode(path)
-    if n_gpu_layers < -1:
-        raise OptionError(f"n_gpu_layers must be -1 (all) or >= 0, got {n_gpu_layers}")
-    if main_gpu < 0:
-        raise OptionError(f"main_gpu must be >= 0, got {main_gpu}")
+    _check_int(n_gpu_layers, "n_gpu_layers", -1, INT32_MAX)
+    _check_int(main_gpu, "main_gpu", 0, INT32_MAX)
+    _check_bool(use_mmap, "use_mmap")
+    _check_bool(use_mlock, "use_mlock")
+    _check_bool(vocab_only, "vocab_only")
+    _check_bool(check_tensors, "check_tensors")
+    _check_bool(verbose, "verbose")
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be callable, got {type(progress).__name__}")
     cdef size_t n_dev = ll.llama_max_devices()
     # llama.cpp reads tensor_split as exactly llama_max_devices() floats: always pass a full buffer.
     cdef float[::1] split = np.zeros(max(<Py_ssize_t>n_dev, 1), dtype=np.float32)
     if tensor_split is not None:
-        values = np.asarray(tensor_split, dtype=np.float64).ravel()
+        try:
+            values = np.asarray(tensor_split, dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            raise TypeError(f"tensor_split must be a sequence of numbers, got {tensor_split!r}") from None
         if values.size > <Py_ssize_t>n_dev:
             raise OptionError(f"tensor_split has {values.size} values; this build supports {n_dev} devices")
         if values.size and (not np.all(np.isfinite(values)) or np.any(values < 0) or values.sum() <= 0):
@@ -178,7 +231,7 @@ def load_model(path, *, int n_gpu_layers=-1, bint use_mmap=True, bint use_mlock=
 
     cdef const char * cpath = bpath
     cdef ll.llama_model * raw = NULL
-    _log_set_debug(logger.isEnabledFor(logging.DEBUG))
+    _log_sync_level()
     mark = _log_mark()
     with _load_lock:
         with nogil:
@@ -396,7 +449,7 @@ cdef class Model:
 
     # -- tokens -----------------------------------------------------------------------------
 
-    def tokenize(self, text, bint add_special=True, bint parse_special=False):
+    def tokenize(self, text, add_special=True, parse_special=False):
         """Text to token ids, as a 1-D ``int32`` numpy array written by llama.cpp directly.
 
         ``add_special`` adds the model's BOS/EOS as its tokenizer is configured to;
@@ -408,17 +461,19 @@ cdef class Model:
         (dtype('int32'), 1)
         """
         self._check_open()
-        return _tokenize(self, _text_bytes(text, "text"), add_special, parse_special)
+        return _tokenize(self, _text_bytes(text, "text"), _check_bool(add_special, "add_special"),
+                         _check_bool(parse_special, "parse_special"))
 
-    def detokenize(self, tokens, bint remove_special=False, bint unparse_special=False):
+    def detokenize(self, tokens, remove_special=False, unparse_special=False):
         """Token ids back to text (``str``). Bytes that are not valid UTF-8 become U+FFFD."""
         self._check_open()
-        return _detokenize(self, tokens, remove_special, unparse_special)
+        return _detokenize(self, tokens, _check_bool(remove_special, "remove_special"),
+                           _check_bool(unparse_special, "unparse_special"))
 
-    def token_to_piece(self, token, bint special=True):
+    def token_to_piece(self, token, special=True):
         """The bytes one token stands for (``bytes``: a piece can be part of a UTF-8 character)."""
         self._check_open()
-        return _token_to_piece(self, token, special)
+        return _token_to_piece(self, token, _check_bool(special, "special"))
 
     def is_eog(self, token):
         """True if ``token`` ends generation (EOS, EOT...)."""

@@ -44,18 +44,20 @@ cdef object _tokenize(Model m, bytes data, bint add_special, bint parse_special)
         with nogil:
             n = ll.llama_tokenize(m._vocab, text, <int32_t>nbytes, &out[0], <int32_t>cap,
                                   add_special, parse_special)
-        if n < 0:
-            if n == INT32_MIN:
-                raise TokenizeError("the text produces more tokens than llama.cpp can count (2**31)")
+        if n < 0 and n != INT32_MIN:   # -n is the exact count: size the array to it
             arr = np.empty(-n, dtype=np.int32)
             out = arr
             with nogil:
                 n = ll.llama_tokenize(m._vocab, text, <int32_t>nbytes, &out[0], <int32_t>(-n),
                                       add_special, parse_special)
-            if n < 0:
-                raise TokenizeError(f"llama_tokenize failed ({n})")
+    except (IndexError, RuntimeError) as exc:   # std::out_of_range & co. from a broken vocabulary
+        raise TokenizeError(f"llama.cpp could not tokenize the text: {exc}") from None
     finally:
         m._users -= 1
+    if n == INT32_MIN:
+        raise TokenizeError("the text produces more tokens than llama.cpp can count (2**31)")
+    if n < 0:
+        raise TokenizeError(f"llama_tokenize failed ({n})")
     out = None
     if n != arr.shape[0]:
         arr.resize(n, refcheck=False)   # shrinks in place (realloc), no copy of the ids

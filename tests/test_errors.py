@@ -446,10 +446,7 @@ def test_generation_stops_when_the_context_is_full(ctx, smol, usable):
         ({"kv_cache_type": "q3"}, "kv_cache_type"),
         ({"kv_cache_type": ""}, "kv_cache_type"),
         ({"flash_attn": "maybe"}, "flash_attn"),
-        ({"flash_attn": 2}, "flash_attn"),
-        ({"flash_attn": ["on"]}, "flash_attn"),
         ({"pooling": "max"}, "pooling"),
-        ({"pooling": ["mean"]}, "pooling"),
         ({"n_ctx": -1}, "n_ctx"),
         ({"n_ctx": 2**40}, "n_ctx"),
         ({"n_batch": 0}, "n_batch"),
@@ -489,6 +486,10 @@ def test_bad_context_option_values(smol, usable, options, match):
         ({"prefix_caching": "no"}, "prefix_caching"),
         ({"kv_cache_type": None}, "kv_cache_type"),
         ({"kv_cache_type": 16}, "kv_cache_type"),
+        ({"flash_attn": 2}, "flash_attn"),
+        ({"flash_attn": 1}, "flash_attn"),
+        ({"flash_attn": ["on"]}, "flash_attn"),
+        ({"pooling": ["mean"]}, "pooling"),
     ],
 )
 def test_wrong_context_option_types(smol, usable, options, match):

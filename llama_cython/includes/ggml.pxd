@@ -54,7 +54,13 @@ cdef extern from "gguf.h" nogil:
 
     gguf_context * gguf_init_from_file(const char * fname, gguf_init_params params)
     void gguf_free(gguf_context * ctx)
+    int64_t gguf_get_n_kv(const gguf_context * ctx)
     int64_t gguf_find_key(const gguf_context * ctx, const char * key)
+    const char * gguf_get_key(const gguf_context * ctx, int64_t key_id)
+    float gguf_get_val_f32(const gguf_context * ctx, int64_t key_id)
+    gguf_type gguf_get_arr_type(const gguf_context * ctx, int64_t key_id)
+    size_t gguf_get_arr_n(const gguf_context * ctx, int64_t key_id)
+    const char * gguf_get_arr_str(const gguf_context * ctx, int64_t key_id, size_t i)
     gguf_type gguf_get_kv_type(const gguf_context * ctx, int64_t key_id)
     const char * gguf_get_val_str(const gguf_context * ctx, int64_t key_id)
     uint32_t gguf_get_val_u32(const gguf_context * ctx, int64_t key_id)
