@@ -76,9 +76,7 @@ def read_tests(path: Path) -> dict[bytes, list[int]]:
     if lines and lines[-1] == b"":
         lines.pop()
 
-    assert len(inputs) == len(lines), (
-        f"{path.name}: {len(inputs)} inputs but {len(lines)} output lines"
-    )
+    assert len(inputs) == len(lines), f"{path.name}: {len(inputs)} inputs but {len(lines)} output lines"
     tests: dict[bytes, list[int]] = {}
     for inp, line in zip(inputs, lines):
         stripped = _strip(line)
@@ -111,7 +109,9 @@ def _describe(model: llama.Model, ids: list[int]) -> str:
 def test_vocab_files_found() -> None:
     """Every vocab llama.cpp registers for test-tokenizer-0 in tests/CMakeLists.txt is here."""
     cmake = (LLAMA_CPP / "tests" / "CMakeLists.txt").read_text(encoding="utf-8")
-    registered = set(re.findall(r"llama_test\(test-tokenizer-0 .*?models/ggml-vocab-([\w.-]+)\.gguf\)", cmake))
+    registered = set(
+        re.findall(r"llama_test\(test-tokenizer-0 .*?models/ggml-vocab-([\w.-]+)\.gguf\)", cmake)
+    )
     assert registered, "no test-tokenizer-0 registrations found in tests/CMakeLists.txt"
     found = {_vocab_id(p) for p in VOCAB_FILES}
     assert registered <= found, f"registered but missing .inp/.out: {sorted(registered - found)}"
@@ -143,10 +143,10 @@ def test_tokenizer_vectors(path: Path) -> None:
             continue
         got_str = model.tokenize(as_str, add_special=ADD_SPECIAL, parse_special=PARSE_SPECIAL)
         if got_str.tolist() != expected:
-            failures.append(f"input {as_str!r} (as str)\n  expected {expected}\n  got      {got_str.tolist()}")
+            failures.append(
+                f"input {as_str!r} (as str)\n  expected {expected}\n  got      {got_str.tolist()}"
+            )
     elapsed = time.perf_counter() - t0
 
-    assert not failures, (
-        f"{path.name}: {len(failures)} of {len(tests)} inputs differ; first:\n{failures[0]}"
-    )
+    assert not failures, f"{path.name}: {len(failures)} of {len(tests)} inputs differ; first:\n{failures[0]}"
     assert elapsed < 5.0, f"{path.name}: tokenizing {len(tests)} inputs took {elapsed:.2f} s"
