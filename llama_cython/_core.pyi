@@ -1,22 +1,22 @@
-"""Typed surface of the compiled extension ``llama_cython._core``."""
+# Typed surface of the compiled extension llama_cython._core.
 
-from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Self
 
 from llama_cython.stats import GenerationStats
 
-_Path = str | bytes | os.PathLike[str] | os.PathLike[bytes]
-_Tokens = Sequence[int] | npt.NDArray[np.integer]
-KVCacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"]
-FlashAttn = Literal["auto", "on", "off"] | bool | None
-Pooling = Literal["none", "mean", "cls", "last", "rank"] | None
+_Path: TypeAlias = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+_Tokens: TypeAlias = Sequence[int] | npt.NDArray[np.integer]
+KVCacheType: TypeAlias = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"]
+FlashAttn: TypeAlias = Literal["auto", "on", "off"] | bool | None
+Pooling: TypeAlias = Literal["none", "mean", "cls", "last", "rank"] | None
 
 def system_info() -> str: ...
 def supports_gpu_offload() -> bool: ...
@@ -71,7 +71,7 @@ class Model:
     @property
     def chat_template(self) -> str | None: ...
     def close(self) -> None: ...
-    def __enter__(self) -> Model: ...
+    def __enter__(self) -> Self: ...
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -136,7 +136,7 @@ class Context:
     @property
     def n_past(self) -> int: ...
     def close(self) -> None: ...
-    def __enter__(self) -> Context: ...
+    def __enter__(self) -> Self: ...
     def __exit__(
         self,
         exc_type: type[BaseException] | None,

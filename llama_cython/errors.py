@@ -16,18 +16,18 @@ ModelNotFoundError - model file not found: /no/such/model.gguf
 from __future__ import annotations
 
 __all__ = [
-    "LlamaError",
-    "ModelNotFoundError",
-    "ModelLoadError",
-    "ContextError",
-    "ContextSizeError",
+    "AllocationError",
     "ClosedError",
     "ContextBusyError",
+    "ContextError",
+    "ContextSizeError",
     "DecodeError",
-    "AllocationError",
-    "TokenizeError",
-    "TemplateError",
+    "LlamaError",
+    "ModelLoadError",
+    "ModelNotFoundError",
     "OptionError",
+    "TemplateError",
+    "TokenizeError",
 ]
 
 

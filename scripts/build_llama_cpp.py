@@ -207,7 +207,7 @@ def build(targets: tuple[str, ...] = ("llama",)) -> LlamaBuild:
         static_libs=static,
         include_dirs=[source_dir / "include", source_dir / "ggml" / "include"],
         extra_link_args=extra_link,
-        libraries=libraries + ["pthread", "m", "dl"],
+        libraries=[*libraries, "pthread", "m", "dl"],
         library_dirs=library_dirs,
         options=opts,
     )

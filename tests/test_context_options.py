@@ -18,7 +18,8 @@ from llama_cython.errors import ContextSizeError
 
 PROMPT = "The capital of France is"
 LOGGER = "llama_cython.llama_cpp"
-# llama_kv_cache: size =   11.25 MiB (   512 cells,  30 layers,  1/1 seqs), K (f16): 5.62 MiB, V (f16): 5.62 MiB
+# llama_kv_cache: size =   11.25 MiB (   512 cells,  30 layers,  1/1 seqs),
+#     K (f16): 5.62 MiB, V (f16): 5.62 MiB
 KV_LINE = re.compile(
     r"llama_kv_cache: size = +([\d.]+) MiB .*K \((\w+)\): +([\d.]+) MiB, V \((\w+)\): +([\d.]+) MiB"
 )

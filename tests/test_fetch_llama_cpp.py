@@ -6,9 +6,8 @@ import json
 import time
 from pathlib import Path
 
-import pytest
-
 import fetch_llama_cpp as fetch
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,8 +18,12 @@ def test_the_pin_lives_in_one_file() -> None:
     assert pin["commit"].startswith("0c1e5709")
     assert len(pin["sha256"]) == 64
     # No other file repeats the hash.
-    hits = [p for p in ROOT.rglob("*") if p.is_file() and p.suffix in {".py", ".toml", ".txt", ".cfg"}
-            and "vendor" not in p.parts and ".venv" not in p.parts and pin["sha256"] in p.read_text(errors="ignore")]
+    hits = [
+        p for p in ROOT.rglob("*")
+        if p.is_file() and p.suffix in {".py", ".toml", ".txt", ".cfg"}
+        and "vendor" not in p.parts and ".venv" not in p.parts
+        and pin["sha256"] in p.read_text(errors="ignore")
+    ]
     assert hits == []
 
 
@@ -45,5 +48,5 @@ def test_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, vendor_di
     monkeypatch.setenv("LLAMA_CPP_DIR", str(vendor_dir))
     assert fetch.ensure_llama_cpp() == vendor_dir.resolve()
     monkeypatch.setenv("LLAMA_CPP_DIR", str(tmp_path))
-    with pytest.raises(fetch.FetchError, match="does not look like a llama.cpp checkout"):
+    with pytest.raises(fetch.FetchError, match=r"does not look like a llama\.cpp checkout"):
         fetch.ensure_llama_cpp()

@@ -377,7 +377,7 @@ def test_concurrent_fetches_agree(models: ModuleType, fake_model: Any) -> None:
     def fetch() -> None:
         try:
             results.append(models.model_path("fake"))
-        except Exception as exc:  # noqa: BLE001 - reported below
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=fetch) for _ in range(4)]

@@ -40,7 +40,7 @@ class Worker(threading.Thread):
         self.started_call.set()
         try:
             self.result = self.fn(*self.args, **self.kwargs)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+        except BaseException as exc:
             self.error = exc
 
     def outcome(self, timeout: float = 120.0):
