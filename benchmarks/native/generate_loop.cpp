@@ -10,7 +10,10 @@
 //
 //   generate_loop -m model.gguf -p prompt -n n_predict -t threads -c n_ctx
 //                 [--temp T --top-k K --top-p P --min-p M --repeat-penalty R --repeat-last-n N
-//                  --seed S] [-r repeats]
+//                  --seed S] [-r repeats] [--step]
+//
+// --step: before each repeat, wait for one line on stdin (stop at EOF), so that a driver can
+// interleave this loop with its own runs, strictly one at a time, in one long-lived process.
 //
 // Prints one JSON line per repeat on stdout:
 //   {"n_prompt":..,"n_gen":..,"t_prompt_ms":..,"t_gen_ms":..,"t_total_ms":..,"finish":..,"tokens":[..]}
@@ -54,13 +57,14 @@ struct Options {
     float repeat_penalty = 1.0f;
     int repeat_last_n = 64;
     uint32_t seed = LLAMA_DEFAULT_SEED;
+    bool step = false;
 };
 
 [[noreturn]] void usage(const char * argv0) {
     std::fprintf(stderr,
                  "usage: %s -m model.gguf [-p prompt] [-n n_predict] [-t threads] [-c n_ctx] [-r repeats]\n"
                  "       [--temp T] [--top-k K] [--top-p P] [--min-p M] [--repeat-penalty R]\n"
-                 "       [--repeat-last-n N] [--seed S]\n",
+                 "       [--repeat-last-n N] [--seed S] [--step]\n",
                  argv0);
     std::exit(2);
 }
@@ -69,6 +73,10 @@ Options parse_args(int argc, char ** argv) {
     Options o;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
+        if (a == "--step") {
+            o.step = true;
+            continue;
+        }
         if (i + 1 >= argc) {
             usage(argv[0]);
         }
@@ -215,6 +223,12 @@ int main(int argc, char ** argv) {
     const int32_t n_ctx_seq = static_cast<int32_t>(llama_n_ctx_seq(ctx));
 
     for (int rep = 0; rep < o.repeats; ++rep) {
+        if (o.step) {
+            char line[64];
+            if (std::fgets(line, sizeof(line), stdin) == nullptr) {
+                break;
+            }
+        }
         const auto t0 = clock_type::now();
 
         // tokenize into bytes + 16 slots, retrying with the exact size, as llama_cython does

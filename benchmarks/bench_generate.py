@@ -1,0 +1,383 @@
+#!/usr/bin/env python3
+"""Tokens/s of ``Context.generate`` against llama.cpp's own C loop, same model, same run.
+
+The reference is ``benchmarks/native/generate_loop.cpp``: a C++ program on llama.h alone that
+does the work of llama_cython's loop call for call (tokenize, build the sampler chain, clear
+the KV cache, decode the prompt, then sample -> EOG check -> piece -> decode), compiled by
+``scripts/build_native.py`` against the same static llama.cpp libraries as the extension.
+
+It runs as one long-lived subprocess per sampling mode (``--step``: one repeat per line on its
+stdin), so that process start-up and model loading are not counted and the two sides can be
+interleaved one call at a time, strictly sequentially (the bench machines have two cores, and
+two ggml thread pools at once would measure the scheduler). The order alternates (C, ours,
+ours, C, ...) to cancel drift; each figure is the median of the repeats, after a warm-up call
+on each side. The machines are shared: a pair of calls during which other processes took a
+noticeable share of the CPUs (from /proc/stat, less the two processes' own CPU time) is thrown
+away and run again once the CPUs are idle.
+
+Measured, for greedy decoding (temperature 0) and for sampling (top_k 40, top_p 0.95,
+min_p 0.05, temperature 0.8, fixed seed):
+
+* generation: tokens / time after the prompt; ours from ``ctx.last_stats.generation_ms``
+  (llama_time_us in the C loop), the reference's from std::chrono around the same span;
+* whole call: tokens / wall time of the whole request; ours is ``time.perf_counter`` around
+  ``ctx.generate(...)`` (tokenization, argument checks, sampler set-up, prompt, generation,
+  building the str and the stats), the reference's from tokenization to the freed sampler.
+
+Both sides must generate the same number of tokens (the prompt is chosen so that neither hits
+an end-of-generation token within ``-n``), and the same tokens (both sides run the same chain
+with the same seed on the same build, so sampling is checked too).
+
+    .venv/bin/python benchmarks/bench_generate.py                  # SmolLM2, 2 threads, n=128
+    .venv/bin/python benchmarks/bench_generate.py --model gemma-3-270m --repeats 7 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, final
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import build_native  # noqa: E402
+
+import llama_cython as llama  # noqa: E402
+
+# A request that makes both models write at length: no end-of-generation token within 128.
+PROMPTS = {
+    "smollm2-135m-instruct": (
+        "<|im_start|>user\nWrite a long, detailed essay about the history of the Roman Empire, "
+        "from its founding to its fall.<|im_end|>\n<|im_start|>assistant\n"
+    ),
+    "gemma-3-270m": (
+        "<start_of_turn>user\nWrite a long, detailed essay about the history of the Roman "
+        "Empire, from its founding to its fall.<end_of_turn>\n<start_of_turn>model\n"
+    ),
+}
+
+MODES: dict[str, dict[str, Any]] = {
+    "greedy": {"temperature": 0.0},
+    "sampling": {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "seed": 1234},
+}
+
+
+def c_args(params: dict[str, Any]) -> list[str]:
+    """The reference program's options for one mode (its defaults are llama_cython's)."""
+    args = ["--temp", repr(params.get("temperature", 0.0))]
+    for key, flag in (("top_k", "--top-k"), ("top_p", "--top-p"), ("min_p", "--min-p"), ("seed", "--seed")):
+        if key in params:
+            args += [flag, str(params[key])]
+    return args
+
+
+class CLoop:
+    """The reference loop as a subprocess that runs one repeat per request."""
+
+    def __init__(self, exe: Path, model: Path, prompt: str, n: int, threads: int, n_ctx: int,
+                 params: dict[str, Any], max_repeats: int) -> None:
+        cmd = [str(exe), "-m", str(model), "-p", prompt, "-n", str(n), "-t", str(threads),
+               "-c", str(n_ctx), "-r", str(max_repeats), "--step", *c_args(params)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, bufsize=1)
+
+    def run(self) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()   # blocks until the repeat is done: nothing overlaps
+        if not line:
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise RuntimeError(f"the C loop exited ({self.proc.wait()}): {err.strip()}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _busy_ticks() -> int:
+    """CPU time the whole machine spent busy (steal included), in clock ticks; 0 if unknown."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0
+    # user nice system idle iowait irq softirq steal ...: all but idle and iowait
+    return sum(v[:8]) - v[3] - v[4]
+
+
+def _proc_ticks(pid: int | str) -> int:
+    """utime + stime of one process (all its threads), in clock ticks; 0 if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+@final
+class Interference:
+    """How much CPU others took while one call ran: the machine's busy time less ours.
+
+    The bench machines are shared, and a ggml thread pool that loses a core to another process
+    stalls at every barrier: a call that overlapped someone else's work is not a measurement.
+    """
+
+    def __init__(self, pids: list[int | str]) -> None:
+        self.pids = pids
+
+    def __enter__(self) -> Interference:
+        self.t0 = time.perf_counter()
+        self.busy0 = _busy_ticks()
+        self.own0 = sum(_proc_ticks(p) for p in self.pids)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self.t0
+        foreign = (_busy_ticks() - self.busy0) - (sum(_proc_ticks(p) for p in self.pids) - self.own0)
+        capacity = wall * _TICK * (os.cpu_count() or 1)
+        self.share = max(0.0, foreign) / capacity if capacity > 0 and self.busy0 else 0.0
+
+
+def wait_quiet(max_wait: float) -> None:
+    """Wait (up to max_wait s) until the machine's CPUs have been idle for 0.3 s."""
+    deadline = time.perf_counter() + max_wait
+    while time.perf_counter() < deadline:
+        b0, t0 = _busy_ticks(), time.perf_counter()
+        time.sleep(0.3)
+        if (_busy_ticks() - b0) <= 0.05 * (time.perf_counter() - t0) * _TICK * (os.cpu_count() or 1):
+            return
+
+
+def run_ours(ctx: Any, prompt: str, n: int, params: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    text = ctx.generate(prompt, max_tokens=n, **params)
+    t1 = time.perf_counter()
+    st = ctx.last_stats
+    return {
+        "n_prompt": st.prompt_tokens,
+        "n_gen": st.completion_tokens,
+        "t_prompt_ms": st.prompt_ms,
+        "t_gen_ms": st.generation_ms,
+        "t_total_ms": (t1 - t0) * 1000.0,
+        "finish": st.finish_reason,
+        "tokens": st.tokens.tolist(),
+        "text_bytes": len(text.encode("utf-8")),
+    }
+
+
+def build_reference() -> Path:
+    """Build (or find cached) the C loop; the build's tool output goes to stderr, not stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        return build_native.build_program("c-generate-loop")
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def bench_mode(exe: Path, model_file: Path, ctx: Any, prompt: str, args: argparse.Namespace,
+               params: dict[str, Any]) -> dict[str, Any]:
+    """Warm-up, then ``repeats`` pairs of calls, C and ours next to each other (ABBA order).
+
+    A pair during which other processes took more than ``--max-foreign`` of the CPUs is run
+    again (after waiting for the machine to calm down), up to ``repeats`` extra pairs.
+    """
+    max_pairs = args.warmup + 2 * args.repeats
+    c = CLoop(exe, model_file, prompt, args.n, args.threads, args.n_ctx, params, max_pairs)
+    pids: list[int | str] = ["self", c.proc.pid]
+    c_runs: list[dict[str, Any]] = []
+    py_runs: list[dict[str, Any]] = []
+    discarded = 0
+    try:
+        for _ in range(args.warmup):
+            c.run()
+            run_ours(ctx, prompt, args.n, params)
+        attempts = 0
+        while len(c_runs) < args.repeats and attempts < 2 * args.repeats:
+            order = ("c", "py") if attempts % 2 == 0 else ("py", "c")
+            attempts += 1
+            pair: dict[str, dict[str, Any]] = {}
+            worst = 0.0
+            for side in order:
+                with Interference(pids) as probe:
+                    pair[side] = c.run() if side == "c" else run_ours(ctx, prompt, args.n, params)
+                pair[side]["foreign_cpu_share"] = probe.share
+                worst = max(worst, probe.share)
+            if worst > args.max_foreign and attempts < 2 * args.repeats:
+                discarded += 1
+                wait_quiet(args.quiet_wait)
+                continue
+            c_runs.append(pair["c"])
+            py_runs.append(pair["py"])
+    finally:
+        c.close()
+    return {"c": c_runs, "py": py_runs, "discarded_pairs": discarded}
+
+
+def summarize(runs: dict[str, Any], n_expected: int) -> dict[str, Any]:
+    c_runs, py_runs = runs["c"], runs["py"]
+    n_gen = {r["n_gen"] for r in c_runs + py_runs}
+    n_prompt = {r["n_prompt"] for r in c_runs + py_runs}
+    same_tokens = all(r["tokens"] == c_runs[0]["tokens"] for r in c_runs + py_runs)
+    n = c_runs[0]["n_gen"]
+    checks = {
+        "n_gen": sorted(n_gen),
+        "n_prompt": sorted(n_prompt),
+        "same_count": len(n_gen) == 1 and n == n_expected,
+        "same_tokens": same_tokens,
+        "finish": sorted({r["finish"] for r in c_runs + py_runs}),
+    }
+    out: dict[str, Any] = {
+        "n_gen": n,
+        "n_prompt": c_runs[0]["n_prompt"],
+        "checks": checks,
+        "pairs": len(c_runs),
+        "discarded_pairs": runs["discarded_pairs"],
+        "max_foreign_cpu_share": max(r["foreign_cpu_share"] for r in c_runs + py_runs),
+    }
+    for phase, key in (("generation", "t_gen_ms"), ("whole_call", "t_total_ms")):
+        tc = [r[key] for r in c_runs]
+        tp = [r[key] for r in py_runs]
+        mc, mp = statistics.median(tc), statistics.median(tp)
+        out[phase] = {
+            "c_ms": mc,
+            "ours_ms": mp,
+            "c_tok_s": n * 1000.0 / mc,
+            "ours_tok_s": n * 1000.0 / mp,
+            "ratio": mc / mp,  # (ours tok/s) / (C tok/s)
+            # the same, pair by pair (each C run with the call next to it in time)
+            "ratio_paired_median": statistics.median(a / b for a, b in zip(tc, tp)),
+            "overhead_us_per_token": (mp - mc) * 1000.0 / n,
+            "c_ms_all": tc,
+            "ours_ms_all": tp,
+        }
+    out["prompt_ms"] = {
+        "c": statistics.median(r["t_prompt_ms"] for r in c_runs),
+        "ours": statistics.median(r["t_prompt_ms"] for r in py_runs),
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct", choices=sorted(PROMPTS))
+    ap.add_argument("-n", type=int, default=128, help="tokens to generate per call (default 128)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--n-ctx", type=int, default=1024)
+    ap.add_argument("--repeats", type=int, default=5, help="timed calls per side and mode")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed calls per side and mode first")
+    ap.add_argument("--max-foreign", type=float, default=0.05,
+                    help="run a pair again when other processes took more than this share of the "
+                         "CPUs during one of its calls (default 0.05)")
+    ap.add_argument("--quiet-wait", type=float, default=10.0,
+                    help="after a disturbed pair, wait up to this many seconds for idle CPUs")
+    ap.add_argument("--modes", default="greedy,sampling", help="comma-separated: greedy,sampling")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON instead")
+    args = ap.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for m in modes:
+        if m not in MODES:
+            ap.error(f"unknown mode {m!r}; known: {', '.join(MODES)}")
+
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    load = os.getloadavg()[0]
+    if load > 0.5 * (os.cpu_count() or 1):
+        say(f"warning: load average {load:.2f} on {os.cpu_count()} CPUs: the machine is busy, "
+            "timings will be noisy (ggml's thread barriers suffer badly from sharing cores)")
+
+    model_file = llama.models.model_path(args.model)
+    exe = build_reference()
+    prompt = PROMPTS[args.model]
+    model = llama.load_model(str(model_file))
+    ctx = model.new_context(n_ctx=args.n_ctx, n_batch=512, n_threads=args.threads,
+                            n_threads_batch=args.threads, flash_attn="auto")
+    flash_attn = ctx.flash_attn
+    t_start = time.perf_counter()
+    results: dict[str, Any] = {}
+    try:
+        for m in modes:
+            results[m] = summarize(bench_mode(exe, model_file, ctx, prompt, args, MODES[m]), args.n)
+    finally:
+        ctx.close()
+        model.close()
+    elapsed = time.perf_counter() - t_start
+
+    report = {
+        "model": args.model,
+        "model_file": str(model_file),
+        "threads": args.threads,
+        "n": args.n,
+        "n_ctx": args.n_ctx,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "flash_attn": flash_attn,
+        "elapsed_s": elapsed,
+        "load_avg_start": load,
+        "modes": results,
+    }
+    ok = all(r["checks"]["same_count"] and r["checks"]["same_tokens"] for r in results.values())
+    report["valid"] = ok
+    headline = results.get("sampling") or next(iter(results.values()))
+    headline_mode = "sampling" if "sampling" in results else modes[0]
+    report["headline_ratio"] = headline["whole_call"]["ratio"]
+
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0 if ok else 1
+
+    print(f"model {args.model} ({model_file.name}), {args.threads} threads, n={args.n}, "
+          f"prompt {headline['n_prompt']} tokens, median of {args.repeats} (+{args.warmup} warm-up), "
+          f"C loop and llama_cython interleaved")
+    hdr = (f"{'mode':<10} {'measure':<12} {'C tok/s':>9} {'ours tok/s':>11} {'ours/C':>8} "
+           f"{'paired':>8} {'overhead':>13}")
+    print(hdr)
+    print("-" * len(hdr))
+    for m, r in results.items():
+        for phase, label in (("generation", "generation"), ("whole_call", "whole call")):
+            p = r[phase]
+            print(f"{m:<10} {label:<12} {p['c_tok_s']:>9.1f} {p['ours_tok_s']:>11.1f} "
+                  f"{p['ratio']:>7.3f}x {p['ratio_paired_median']:>7.3f}x "
+                  f"{p['overhead_us_per_token']:>+9.1f} us/t")
+    print("ours/C: ratio of the medians; paired: median of the ratios of runs next to each other in time;")
+    print("overhead: (median time ours - median time C) / tokens. Generation: after the prompt (ours from")
+    print("ctx.last_stats); whole call: tokenization to result (ours: perf_counter around ctx.generate).")
+    for m, r in results.items():
+        ch = r["checks"]
+        print(f"{m}: prompt {r['prompt_ms']['c']:.1f} ms (C) / {r['prompt_ms']['ours']:.1f} ms (ours); "
+              f"tokens generated {ch['n_gen']} (finish {', '.join(ch['finish'])}), "
+              f"same count: {'yes' if ch['same_count'] else 'NO'}, "
+              f"same tokens: {'yes' if ch['same_tokens'] else 'NO'}; "
+              f"{r['pairs']} pairs kept, {r['discarded_pairs']} disturbed pairs run again")
+    print(f"bench time {elapsed:.1f} s")
+    if not ok:
+        print("WARNING: the two sides did not generate the same tokens; the ratio is not comparable")
+    print(f"generate/C-loop ratio ({headline_mode}, {args.threads} threads): "
+          f"{report['headline_ratio']:.2f}x")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
