@@ -4,6 +4,8 @@
 _load_lock = threading.Lock()
 
 cdef int _MAX_BLOCKS = 512   # llama-model.cpp asserts 0 < block_count <= 512 (an abort, not an error)
+cdef int _MAX_EXPERTS = 1024  # LLAMA_MAX_EXPERTS
+_ROPE_SCALING_TYPES = (b"none", b"linear", b"yarn", b"longrope")
 
 
 cdef class _Progress:
@@ -96,13 +98,62 @@ cdef int64_t _first_duplicate_string(ggml.gguf_context * g, int64_t key) noexcep
     return -1
 
 
+cdef object _gguf_int(ggml.gguf_context * g, bytes name):
+    """A scalar integer key's value, or None when absent or not a 32-bit integer."""
+    cdef int64_t key = ggml.gguf_find_key(g, name)
+    if key < 0:
+        return None
+    t = ggml.gguf_get_kv_type(g, key)
+    if t == ggml.GGUF_TYPE_UINT32:
+        return ggml.gguf_get_val_u32(g, key)
+    if t == ggml.GGUF_TYPE_INT32:
+        return ggml.gguf_get_val_i32(g, key)
+    return None
+
+
+cdef object _hparam_problem(ggml.gguf_context * g, bytes arch):
+    """Checks llama-model.cpp's load_hparams asserts on (scalar forms only)."""
+    cdef int64_t key
+    a = arch.decode(errors="replace")
+    n_layer = _gguf_int(g, arch + b".block_count")
+    if n_layer is not None and (n_layer <= 0 or n_layer > _MAX_BLOCKS):
+        return f"{a}.block_count is {n_layer} (supported: 1 to {_MAX_BLOCKS})"
+    nextn = _gguf_int(g, arch + b".nextn_predict_layers")
+    if nextn is not None and n_layer is not None and not 0 <= nextn <= n_layer:
+        return f"{a}.nextn_predict_layers is {nextn}, not within 0..block_count ({n_layer})"
+    n_expert = _gguf_int(g, arch + b".expert_count") or 0
+    used = _gguf_int(g, arch + b".expert_used_count") or 0
+    groups = _gguf_int(g, arch + b".expert_group_count") or 0
+    group_used = _gguf_int(g, arch + b".expert_group_used_count") or 0
+    if not 0 <= n_expert <= _MAX_EXPERTS:
+        return f"{a}.expert_count is {n_expert} (supported: 0 to {_MAX_EXPERTS})"
+    if n_expert > 0:
+        if not 0 < used <= n_expert:
+            return f"{a}.expert_used_count is {used}, not within 1..expert_count ({n_expert})"
+        if not 0 <= groups < n_expert:
+            return f"{a}.expert_group_count is {groups}, not below expert_count ({n_expert})"
+        if groups > 1 and (n_expert % groups or not 0 < group_used < groups):
+            return f"{a}: {groups} expert groups do not fit {n_expert} experts / {group_used} used groups"
+    elif used or groups:
+        return f"{a}.expert_used_count/expert_group_count are set but the model has no experts"
+    key = ggml.gguf_find_key(g, arch + b".rope.scaling.type")
+    if key >= 0 and ggml.gguf_get_kv_type(g, key) == ggml.GGUF_TYPE_STRING:
+        kind = <bytes>ggml.gguf_get_val_str(g, key)
+        if kind not in _ROPE_SCALING_TYPES:
+            return f"{a}.rope.scaling.type is {kind!r} (known: none, linear, yarn, longrope)"
+    return None
+
+
 cdef object _gguf_problem(ggml.gguf_context * g):
     """The first metadata value on which llama.cpp asserts (aborts) rather than fails, or None.
 
     llama.cpp validates the file's structure itself (gguf_init_from_file) but trusts these
     values: block_count outside (0, 512] (llama-model.cpp), a repeated vocabulary string
     (llama-vocab.cpp: id_to_token.size() == token_to_id.size()), a NaN or negative norm epsilon
-    (ggml-cpu ops.cpp: eps >= 0, at the first decode).
+    (ggml-cpu ops.cpp: eps >= 0, at the first decode), expert counts and groups, nextn layers,
+    an unknown rope scaling type (llama-model.cpp load_hparams), an alignment below 32 bytes.
+    Not covered yet: tensor shapes and types that do not fit the hyperparameters (they abort
+    at the first decode); see scripts/fuzz_gguf.py.
     """
     cdef int64_t i, key, dup
     cdef float eps
@@ -115,14 +166,15 @@ cdef object _gguf_problem(ggml.gguf_context * g):
             eps = ggml.gguf_get_val_f32(g, i)
             if not isfinite(eps) or eps < 0:
                 return f"{name.decode(errors='replace')} is {eps}"
+    align = _gguf_int(g, b"general.alignment")
+    if align is not None and (align <= 0 or align % 32):
+        # ggml-backend asserts that tensor data is 32-byte aligned in the mapped file
+        return f"general.alignment is {align} (llama.cpp needs a multiple of 32)"
     key = ggml.gguf_find_key(g, b"general.architecture")
     if key >= 0 and ggml.gguf_get_kv_type(g, key) == ggml.GGUF_TYPE_STRING:
-        arch = <bytes>ggml.gguf_get_val_str(g, key)
-        key = ggml.gguf_find_key(g, arch + b".block_count")
-        if key >= 0 and ggml.gguf_get_kv_type(g, key) == ggml.GGUF_TYPE_UINT32:
-            n = ggml.gguf_get_val_u32(g, key)
-            if n == 0 or n > _MAX_BLOCKS:
-                return f"{arch.decode(errors='replace')}.block_count is {n} (supported: 1 to {_MAX_BLOCKS})"
+        problem = _hparam_problem(g, <bytes>ggml.gguf_get_val_str(g, key))
+        if problem is not None:
+            return problem
     key = ggml.gguf_find_key(g, b"tokenizer.ggml.tokens")
     if (key >= 0 and ggml.gguf_get_kv_type(g, key) == ggml.GGUF_TYPE_ARRAY
             and ggml.gguf_get_arr_type(g, key) == ggml.GGUF_TYPE_STRING):

@@ -9,11 +9,17 @@ cdef bytes _text_bytes(object text, str what):
     raise TypeError(f"{what} must be a str, got {type(text).__name__}")
 
 
-cdef int _check_specials(Model m, bint add_special) except -1:
-    # llama-vocab.cpp asserts (aborts) when add_special asks for a BOS/EOS/SEP the vocabulary
-    # does not define, and on any tokenizer call of a vocabulary-less model.
+cdef int _check_vocab(Model m) except -1:
+    # llama-vocab.cpp asserts (aborts) on any tokenizer call of a vocabulary-less model.
     if ll.llama_vocab_type_of(m._vocab) == ll.LLAMA_VOCAB_TYPE_NONE:
-        raise TokenizeError("this model has no vocabulary; it cannot tokenize")
+        raise TokenizeError("this model has no vocabulary; it cannot tokenize or detokenize")
+    return 0
+
+
+cdef int _check_specials(Model m, bint add_special) except -1:
+    # llama-vocab.cpp also asserts when add_special asks for a BOS/EOS/SEP the vocabulary
+    # does not define.
+    _check_vocab(m)
     if not add_special:
         return 0
     if ll.llama_vocab_get_add_bos(m._vocab) and ll.llama_vocab_bos(m._vocab) < 0:
@@ -65,6 +71,7 @@ cdef object _tokenize(Model m, bytes data, bint add_special, bint parse_special)
 
 
 cdef int32_t _check_token(Model m, object token) except? -1:
+    _check_vocab(m)
     if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
         raise TypeError(f"token must be an int, got {type(token).__name__}")
     if token < 0 or token >= m._n_vocab:
@@ -93,6 +100,7 @@ cdef object _token_array(Model m, object tokens):
 
 
 cdef str _detokenize(Model m, object tokens, bint remove_special, bint unparse_special):
+    _check_vocab(m)
     arr = _token_array(m, tokens)
     cdef int32_t[::1] ids = arr
     cdef Py_ssize_t n = arr.shape[0]

@@ -177,6 +177,13 @@ LOAD_OK = {
 # loaded in a subprocess.
 LOAD_ABORTS = {
     "duplicate_token": {"duplicate_token": True},
+    # found by scripts/fuzz_gguf.py: each aborts inside llama.cpp's load_hparams
+    "nextn_above_block_count": {"overrides": {"llama.nextn_predict_layers": ("uint32", 3)}},
+    "too_many_experts": {"overrides": {"llama.expert_count": ("uint32", 65536)}},
+    "experts_used_without_experts": {"overrides": {"llama.expert_used_count": ("uint32", 1)}},
+    "experts_none_used": {"overrides": {"llama.expert_count": ("uint32", 1)}},
+    "expert_groups_without_experts": {"overrides": {"llama.expert_group_count": ("uint32", 1)}},
+    "rope_scaling_type_unknown": {"overrides": {"llama.rope.scaling.type": ("string", "bogus")}},
 }
 
 

@@ -1,5 +1,5 @@
 # Declarations from ggml.h and gguf.h, names verbatim; only what llama_cython uses.
-from libc.stdint cimport int64_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint32_t
 from libcpp cimport bool as cppbool  # C callbacks return C++ bool; bint would be int
 
 cdef extern from "ggml.h" nogil:
@@ -64,3 +64,4 @@ cdef extern from "gguf.h" nogil:
     gguf_type gguf_get_kv_type(const gguf_context * ctx, int64_t key_id)
     const char * gguf_get_val_str(const gguf_context * ctx, int64_t key_id)
     uint32_t gguf_get_val_u32(const gguf_context * ctx, int64_t key_id)
+    int32_t gguf_get_val_i32(const gguf_context * ctx, int64_t key_id)
