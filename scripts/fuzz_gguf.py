@@ -78,6 +78,10 @@ def child_main(path: str) -> int:
         except Exception as exc:
             message = " ".join(str(exc).split())[:300]
             print(f"EXC {name} {type(exc).__name__} {message}", flush=True)
+            if not isinstance(exc, (llama.LlamaError, TypeError)):
+                # outside the documented hierarchy; a MemoryError here usually means an
+                # unbounded allocation that only the child's address-space limit stopped
+                print(f"RAW {name} {type(exc).__name__}", flush=True)
             return None
         print(f"OK {name}", flush=True)
         return value
@@ -89,7 +93,7 @@ def child_main(path: str) -> int:
     ids = step("tokenize", lambda: model.tokenize("Hello world"))
     step("tokenize_special", lambda: model.tokenize("<s>hi</s>\n<unk>", add_special=True, parse_special=True))
     step("tokenize_empty", lambda: model.tokenize(""))
-    step("tokenize_odd", lambda: model.tokenize("h\u00e9llo \u65e5\u672c\t\n  x\x00y", add_special=False))
+    step("tokenize_odd", lambda: model.tokenize("h\u00e9llo \u65e5\u672c\t\n  x\x00y <a>", add_special=False))
     if ids is not None:
         step("detokenize", lambda: model.detokenize(ids))
 
@@ -834,7 +838,7 @@ def run_variant(variant: Variant, workdir: Path, base_bytes: bytes, timeout: flo
         stderr = (exc.stderr or b"").decode("utf-8", "replace")
         rc, timed_out = None, True
     lines = stdout.splitlines()
-    steps = [ln for ln in lines if ln.startswith(("OK ", "EXC "))]
+    steps = [ln for ln in lines if ln.startswith(("OK ", "EXC ", "RAW "))]
     started = [ln.split()[1] for ln in lines if ln.startswith("STEP ")]
     step = started[-1] if started else "startup"
     out = Outcome(variant, "clean", step=step, rc=rc, steps=steps, stderr_tail=stderr[-3000:],
@@ -953,6 +957,7 @@ class Fuzzer:
         self.crashes: dict[str, list[Outcome]] = {}
         self.classes: dict[str, dict[str, Any]] = {}
         self.examples: dict[str, str] = {}          # first input that raised each "step: Class"
+        self.raw: dict[str, list[str]] = {}         # exceptions outside LlamaError/TypeError
         self.errors: list[str] = []
         self.n_run = 0
         self.n_by_strategy: dict[str, int] = {}
@@ -1014,6 +1019,10 @@ class Fuzzer:
                                 if ln.startswith("EXC ") and ln.count(" ") >= 3
                                 and f"{ln.split()[1]}: {ln.split()[2]}" == cls), "")
                     self.examples[cls] = f"{o.variant.label[:160]} -> {msg[:200]}"
+            for ln in o.steps:
+                if ln.startswith("RAW "):
+                    key = f"{ln.split()[1]}: {ln.split()[2]}"
+                    self.raw.setdefault(key, []).append(o.variant.label[:200])
             if "OK load" in o.steps:
                 stats["loaded_ok"] += 1
             if not excs:
@@ -1066,6 +1075,8 @@ class Fuzzer:
                 "build": build_info(),
                 "crashes": crashes, "mutation_classes": dict(sorted(self.classes.items())),
                 "exception_examples": dict(sorted(self.examples.items())),
+                "non_llama_exceptions": {k: {"count": len(v), "inputs": sorted(set(v), key=len)[:8]}
+                                         for k, v in sorted(self.raw.items())},
                 "writer_errors": self.errors[:50]}
 
 
@@ -1123,6 +1134,10 @@ def print_report(rep: dict[str, Any]) -> None:
     print("\n== first input that raised each exception class")
     for cls, example in rep["exception_examples"].items():
         print(f"  {cls}: {example}")
+    if rep["non_llama_exceptions"]:
+        print("\n== exceptions outside LlamaError/TypeError (MemoryError: an unbounded allocation)")
+        for cls, info in rep["non_llama_exceptions"].items():
+            print(f"  {cls} x{info['count']}: e.g. {info['inputs'][0]}")
     print(f"\nbuild: {rep['build']}")
     if rep["writer_errors"]:
         print(f"\n({len(rep['writer_errors'])} mutations the gguf writer refused; see report.json)")
@@ -1136,7 +1151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--time-budget", type=float, default=840.0, help="seconds for the whole run")
     p.add_argument("--timeout", type=float, default=20.0, help="seconds per variant")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--mem-limit-mb", type=int, default=6144, help="address-space limit per child (0: none)")
+    p.add_argument("--mem-limit-mb", type=int, default=4096, help="address-space limit per child (0: none)")
     p.add_argument("--only", choices=("all", "catalog", "combo", "bytes"), default="all")
     p.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "fuzz_gguf_out"))
     p.add_argument("--no-minimize", action="store_true")
