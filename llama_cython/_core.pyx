@@ -28,7 +28,7 @@ from libcpp cimport bool as cppbool
 from libcpp.deque cimport deque
 from libcpp.mutex cimport mutex
 from libcpp.pair cimport pair
-from libcpp.string cimport string
+from libcpp.string cimport string, to_string
 from libcpp.unordered_set cimport unordered_set
 from libcpp.vector cimport vector
 

@@ -88,12 +88,20 @@ cdef int64_t _first_duplicate_string(ggml.gguf_context * g, int64_t key) noexcep
     cdef size_t n = ggml.gguf_get_arr_n(g, key)
     cdef size_t i
     cdef const char * s
+    cdef string name
     seen.reserve(n)
     for i in range(n):
         s = ggml.gguf_get_arr_str(g, key, i)
         if s == NULL:
             continue
-        if not seen.insert(string(s)).second:
+        # llama-vocab.cpp renames an empty token to "[EMPTY_<i>]" before its uniqueness assert
+        if s[0] == 0:
+            name = string(b"[EMPTY_")
+            name.append(to_string(<long long>i))
+            name.append(b"]")
+        else:
+            name = string(s)
+        if not seen.insert(name).second:
             return <int64_t>i
     return -1
 

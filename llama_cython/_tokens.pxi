@@ -56,7 +56,7 @@ cdef object _tokenize(Model m, bytes data, bint add_special, bint parse_special)
             with nogil:
                 n = ll.llama_tokenize(m._vocab, text, <int32_t>nbytes, &out[0], <int32_t>(-n),
                                       add_special, parse_special)
-    except (IndexError, RuntimeError) as exc:   # std::out_of_range & co. from a broken vocabulary
+    except (IndexError, RuntimeError, MemoryError) as exc:   # std::out_of_range, bad_alloc... from a broken vocabulary
         raise TokenizeError(f"llama.cpp could not tokenize the text: {exc}") from None
     finally:
         m._users -= 1

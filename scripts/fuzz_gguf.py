@@ -311,8 +311,8 @@ def write_semantic(path: Path, atoms: Sequence[Atom]) -> None:
             if dtype in ("F16", "F64"):
                 data = data.astype(np.float16 if dtype == "F16" else np.float64)
             elif dtype in ("I8", "I16", "I32"):
-                data = np.clip(data * 100, -100, 100).astype({"I8": np.int8, "I16": np.int16,
-                                                              "I32": np.int32}[dtype])
+                itype = {"I8": np.int8, "I16": np.int16, "I32": np.int32}[dtype]
+                data = (np.clip(data, -1.0, 1.0) * 100).astype(itype)
             elif shape and shape[-1] % 32 == 0:
                 qtype = gguf.GGMLQuantizationType[dtype]
                 data, raw = gguf.quants.quantize(data, qtype), qtype
