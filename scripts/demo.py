@@ -49,7 +49,11 @@ def run_demo(model_name: str, prompt: str, max_tokens: int) -> None:
         print(f"  {len(ids)} tokens, numpy {ids.dtype} array: {ids.tolist()}")
         for tok in ids:
             piece = model.token_to_piece(int(tok))
-            print(f"  {int(tok):>7}  {piece.decode('utf-8', 'backslashreplace')!r}")
+            try:
+                shown = repr(piece.decode("utf-8"))
+            except UnicodeDecodeError:   # part of a multi-byte character: show the bytes
+                shown = repr(piece)
+            print(f"  {int(tok):>7}  {shown}")
         print(f"  detokenized: {model.detokenize(ids, remove_special=True)!r}")
 
         with model.new_context(n_ctx=1024) as ctx:
