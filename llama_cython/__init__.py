@@ -22,12 +22,14 @@ _logging.getLogger("llama_cython").addHandler(_logging.NullHandler())
 from llama_cython import models  # noqa: E402
 from llama_cython._core import (  # noqa: E402
     Context,
+    GenerationStream,
     Model,
     load_model,
     max_devices,
     supports_gpu_offload,
     system_info,
 )
+from llama_cython.chat import ChatMessage  # noqa: E402
 from llama_cython.errors import (  # noqa: E402
     AllocationError,
     ClosedError,
@@ -42,12 +44,17 @@ from llama_cython.errors import (  # noqa: E402
     TemplateError,
     TokenizeError,
 )
-from llama_cython.stats import GenerationStats  # noqa: E402
+from llama_cython.stats import ChatResponse, ChatUsage, GenerationStats  # noqa: E402
+from llama_cython.streaming import AsyncGenerationStream  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AllocationError",
+    "AsyncGenerationStream",
+    "ChatMessage",
+    "ChatResponse",
+    "ChatUsage",
     "ClosedError",
     "Context",
     "ContextBusyError",
@@ -55,6 +62,7 @@ __all__ = [
     "ContextSizeError",
     "DecodeError",
     "GenerationStats",
+    "GenerationStream",
     "LlamaError",
     "Model",
     "ModelLoadError",

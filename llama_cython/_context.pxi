@@ -63,6 +63,9 @@ cdef class Context:
     cdef readonly object kv_cache_type
     cdef readonly str flash_attn
     cdef readonly object last_stats
+    cdef readonly int cached_tokens   # prompt tokens the last generation took from the KV cache
+    cdef vector[ll.llama_token] _kv   # tokens of sequence 0 in the KV cache, in position order
+    cdef bint _logits_ok              # the last decode left logits for its last position
     cdef object __weakref__
 
     def __cinit__(self):
@@ -339,15 +342,23 @@ cdef class Context:
         return self.model.token_to_piece(token, special)
 
     # -- generation -------------------------------------------------------------------------
+    #
+    # Sampling keywords (``**sampling``), the same for every method below:
+    #   temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, typical_p=1.0,
+    #   repetition_penalty=1.0, repeat_last_n=64, presence_penalty=0.0, frequency_penalty=0.0,
+    #   ignore_eos=False, seed=None
 
-    def generate(self, prompt, *, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95,
-                 min_p=0.05, repetition_penalty=1.0, repeat_last_n=64, seed=None):
+    def generate(self, prompt, *, max_tokens=128, stop=None, **sampling):
         """Continue ``prompt`` and return the generated text (``str``).
 
         The whole loop (decode the prompt, then sample, accept, decode one token at a time)
         runs in C with the GIL released. Generation ends at an end-of-generation token of the
-        model, after ``max_tokens`` tokens, or when the context is full; ``ctx.last_stats``
-        tells which (``finish_reason``), with token counts and timings.
+        model, at a stop string, after ``max_tokens`` tokens, or when the context is full;
+        ``ctx.last_stats`` tells which (``finish_reason``), with token counts and timings.
+
+        With ``prefix_caching`` (the default), the longest prefix of the prompt that is
+        already in the KV cache from the previous call is not decoded again
+        (``ctx.cached_tokens`` tells how many tokens were reused); the output is the same.
 
         Parameters
         ----------
@@ -355,15 +366,21 @@ cdef class Context:
             The text to continue. Special-token text (``<|im_start|>``...) is parsed as tokens.
         max_tokens : int
             Most tokens to generate.
+        stop : str or sequence of str, optional
+            Generation ends where the text contains one of these; the stop string itself is
+            not returned. Matched on the text, across token boundaries.
         temperature : float
             0 picks the most likely token every time (greedy, deterministic); higher is more random.
-        top_k, top_p, min_p : int, float, float
+        top_k, top_p, min_p, typical_p : int, float, float, float
             Keep the ``top_k`` most likely tokens (0: all), the smallest set whose probability
-            reaches ``top_p`` (1: all), and tokens at least ``min_p`` times as likely as the
-            best one (0: all).
-        repetition_penalty : float
-            Divides the logits of tokens seen in the last ``repeat_last_n`` generated tokens
-            (1.0: off).
+            reaches ``top_p`` (1: all), tokens at least ``min_p`` times as likely as the best
+            one (0: all), and the locally typical set of mass ``typical_p`` (1: off).
+        repetition_penalty, presence_penalty, frequency_penalty : float
+            Penalties on tokens seen in the last ``repeat_last_n`` generated tokens (-1: all):
+            divide their logits (1.0: off), subtract a constant once (0: off), subtract in
+            proportion to their count (0: off).
+        ignore_eos : bool
+            Never pick an end-of-generation token: generate ``max_tokens`` tokens.
         seed : int, optional
             Seed of the random sampler; the same seed gives the same text. ``None``: random.
 
@@ -373,9 +390,132 @@ cdef class Context:
         >>> ctx.generate("The capital of France is", max_tokens=8, temperature=0)  # doctest: +SKIP
         ' Paris. It is the largest city in France'
         """
-        cdef _SamplingParams sp = _sampling_params(temperature, top_k, top_p, min_p,
-                                                   repetition_penalty, repeat_last_n, seed)
-        return _run_generate(self, prompt, max_tokens, sp)
+        return _start_generation(self, prompt, True, max_tokens, stop, sampling)._run_to_end()
+
+    def generate_stream(self, prompt, *, max_tokens=128, stop=None, callback=None, **sampling):
+        """Like :meth:`generate`, but the text comes as it is made: a :class:`GenerationStream`.
+
+        Iterate over it for ``str`` pieces; each is whole UTF-8 and holds no part of a stop
+        string, and the pieces add up to what :meth:`generate` returns for the same seed.
+
+        With ``callback``, the stream is run here: ``callback(piece)`` is called for every
+        piece, and returning ``False`` stops generation (``finish_reason == "cancelled"``). The
+        finished stream is returned (its ``text``, ``finish_reason``, ``stats``).
+
+        >>> for piece in ctx.generate_stream("Once upon a time", max_tokens=32):  # doctest: +SKIP
+        ...     print(piece, end="", flush=True)
+        """
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        cdef GenerationStream stream = _start_generation(self, prompt, True, max_tokens, stop, sampling)
+        if callback is not None:
+            _drive_callback(stream, callback)
+        return stream
+
+    def generate_async(self, prompt, *, max_tokens=128, stop=None, **sampling):
+        """Like :meth:`generate_stream`, as an async iterator for asyncio.
+
+        Decoding runs in a worker thread, so the event loop is never blocked. Cancelling the
+        task that iterates (``task.cancel()``, ``asyncio.timeout``...) stops generation within
+        one token and hands the context back before the cancellation propagates; so does
+        ``await stream.aclose()``.
+
+        >>> async for piece in ctx.generate_async("Once upon a time"):  # doctest: +SKIP
+        ...     print(piece, end="")
+        """
+        from llama_cython.streaming import AsyncGenerationStream
+        return AsyncGenerationStream(_start_generation(self, prompt, True, max_tokens, stop, sampling))
+
+    # -- chat -------------------------------------------------------------------------------
+
+    cdef GenerationStream _start_chat(self, object messages, object template, object template_kwargs,
+                                      object add_generation_prompt, object max_tokens, object stop,
+                                      dict sampling):
+        self._check_open()
+        from llama_cython.chat import render_model_chat
+        text, add_special = render_model_chat(
+            self.model, messages, template=template, template_kwargs=template_kwargs,
+            add_generation_prompt=add_generation_prompt)
+        return _start_generation(self, text, add_special, max_tokens, stop, sampling)
+
+    def chat(self, messages, *, max_tokens=512, stop=None, template=None, template_kwargs=None,
+             add_generation_prompt=True, **sampling):
+        """Answer a conversation; returns a :class:`ChatResponse` (content, finish_reason, usage).
+
+        ``messages`` is a sequence of :class:`ChatMessage` or dicts with ``role`` and
+        ``content``. The prompt is rendered with the model's own chat template
+        (``model.chat_template``) in a sandboxed Jinja2 environment, or with ``template``;
+        ``template_kwargs`` are extra template variables (e.g. ``{"enable_thinking": False}``).
+        Sampling keywords are those of :meth:`generate`. Turns that share a long beginning
+        (a system prompt) reuse its KV cache when ``prefix_caching`` is on.
+
+        >>> reply = ctx.chat([{"role": "user", "content": "What is the capital of France?"}],
+        ...                  temperature=0)                            # doctest: +SKIP
+        >>> reply.content                                              # doctest: +SKIP
+        'The capital of France is Paris.'
+        """
+        cdef GenerationStream stream = self._start_chat(
+            messages, template, template_kwargs, add_generation_prompt, max_tokens, stop, sampling)
+        content = stream._run_to_end()
+        st = stream._stats
+        return ChatResponse(content=content, finish_reason=st.finish_reason,
+                            usage=ChatUsage(st.prompt_tokens, st.completion_tokens, st.cached_tokens),
+                            stats=st)
+
+    def chat_stream(self, messages, *, max_tokens=512, stop=None, template=None, template_kwargs=None,
+                    add_generation_prompt=True, callback=None, **sampling):
+        """:meth:`chat` as a :class:`GenerationStream` of pieces (see :meth:`generate_stream`)."""
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        cdef GenerationStream stream = self._start_chat(
+            messages, template, template_kwargs, add_generation_prompt, max_tokens, stop, sampling)
+        if callback is not None:
+            _drive_callback(stream, callback)
+        return stream
+
+    def chat_async(self, messages, *, max_tokens=512, stop=None, template=None, template_kwargs=None,
+                   add_generation_prompt=True, **sampling):
+        """:meth:`chat` as an async iterator of pieces (see :meth:`generate_async`)."""
+        from llama_cython.streaming import AsyncGenerationStream
+        return AsyncGenerationStream(self._start_chat(
+            messages, template, template_kwargs, add_generation_prompt, max_tokens, stop, sampling))
+
+    # -- state ------------------------------------------------------------------------------
+
+    def get_logits(self):
+        """The logits of the last evaluated position: a float32 ``(n_vocab,)`` copy.
+
+        After :meth:`generate`, that is the position of the last token that was decoded (the
+        prompt's last token when no token was generated). Raises :class:`ContextError` when
+        nothing was decoded yet or the last decode failed.
+        """
+        cdef const float * ptr
+        cdef float[::1] view
+        self._enter()
+        try:
+            if not self._logits_ok:
+                raise ContextError("no logits: nothing was decoded on this context yet "
+                                   "(or the last decode failed)")
+            ptr = ll.llama_get_logits_ith(self._ctx, -1)
+            if ptr == NULL:
+                raise ContextError("llama.cpp has no logits for the last position")
+            out = np.empty(self.model._n_vocab, dtype=np.float32)
+            view = out
+            memcpy(&view[0], ptr, self.model._n_vocab * sizeof(float))
+            return out
+        finally:
+            self._leave()
+
+    def clear_cache(self):
+        """Empty the KV cache: the next call decodes its whole prompt."""
+        self._enter()
+        try:
+            with nogil:
+                ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
+            self._kv.clear()
+            self._logits_ok = False
+        finally:
+            self._leave()
 
     def cancel(self):
         """Ask a running generation on this context to stop (safe from any thread).
@@ -384,3 +524,15 @@ cdef class Context:
         it has, with ``finish_reason == "cancelled"``.
         """
         self._abort = 1
+
+
+cdef _drive_callback(GenerationStream stream, object callback):
+    """The callback form of streaming: call ``callback(piece)`` until it returns False."""
+    try:
+        for piece in stream:
+            if callback(piece) is False:
+                stream.cancel()
+                stream.close()
+                break
+    finally:
+        stream.close()

@@ -2,21 +2,41 @@
 
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypedDict
 
 import numpy as np
 import numpy.typing as npt
-from typing_extensions import Self
+from typing_extensions import Self, Unpack
 
-from llama_cython.stats import GenerationStats
+from llama_cython.chat import ChatMessage
+from llama_cython.stats import ChatResponse, GenerationStats
+from llama_cython.streaming import AsyncGenerationStream
 
 _Path: TypeAlias = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 _Tokens: TypeAlias = Sequence[int] | npt.NDArray[np.integer]
 KVCacheType: TypeAlias = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"]
 FlashAttn: TypeAlias = Literal["auto", "on", "off"] | bool | None
 Pooling: TypeAlias = Literal["none", "mean", "cls", "last", "rank"] | None
+_Stop: TypeAlias = str | Sequence[str] | None
+_Messages: TypeAlias = Sequence[ChatMessage | Mapping[str, Any]]
+_Callback: TypeAlias = Callable[[str], bool | None]
+
+class SamplingOptions(TypedDict, total=False):
+
+
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    typical_p: float
+    repetition_penalty: float
+    repeat_last_n: int
+    presence_penalty: float
+    frequency_penalty: float
+    ignore_eos: bool
+    seed: int | None
 
 def system_info() -> str: ...
 def supports_gpu_offload() -> bool: ...
@@ -86,6 +106,7 @@ class Model:
     ) -> str: ...
     def token_to_piece(self, token: int, special: bool = True) -> bytes: ...
     def is_eog(self, token: int) -> bool: ...
+    def _chat_specials(self) -> tuple[str | None, str | None, bool]: ...
     def new_context(
         self,
         *,
@@ -150,17 +171,58 @@ class Context:
         self, tokens: _Tokens, remove_special: bool = False, unparse_special: bool = False
     ) -> str: ...
     def token_to_piece(self, token: int, special: bool = True) -> bytes: ...
+    @property
+    def cached_tokens(self) -> int: ...
     def generate(
-        self,
-        prompt: str,
-        *,
-        max_tokens: int = 128,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        repetition_penalty: float = 1.0,
-        repeat_last_n: int = 64,
-        seed: int | None = None,
+        self, prompt: str, *, max_tokens: int = 128, stop: _Stop = None,
+        **sampling: Unpack[SamplingOptions],
     ) -> str: ...
+    def generate_stream(
+        self, prompt: str, *, max_tokens: int = 128, stop: _Stop = None,
+        callback: _Callback | None = None, **sampling: Unpack[SamplingOptions],
+    ) -> GenerationStream: ...
+    def generate_async(
+        self, prompt: str, *, max_tokens: int = 128, stop: _Stop = None,
+        **sampling: Unpack[SamplingOptions],
+    ) -> AsyncGenerationStream: ...
+    def chat(
+        self, messages: _Messages, *, max_tokens: int = 512, stop: _Stop = None,
+        template: str | None = None, template_kwargs: Mapping[str, Any] | None = None,
+        add_generation_prompt: bool = True, **sampling: Unpack[SamplingOptions],
+    ) -> ChatResponse: ...
+    def chat_stream(
+        self, messages: _Messages, *, max_tokens: int = 512, stop: _Stop = None,
+        template: str | None = None, template_kwargs: Mapping[str, Any] | None = None,
+        add_generation_prompt: bool = True, callback: _Callback | None = None,
+        **sampling: Unpack[SamplingOptions],
+    ) -> GenerationStream: ...
+    def chat_async(
+        self, messages: _Messages, *, max_tokens: int = 512, stop: _Stop = None,
+        template: str | None = None, template_kwargs: Mapping[str, Any] | None = None,
+        add_generation_prompt: bool = True, **sampling: Unpack[SamplingOptions],
+    ) -> AsyncGenerationStream: ...
+    def get_logits(self) -> npt.NDArray[np.float32]: ...
+    def clear_cache(self) -> None: ...
     def cancel(self) -> None: ...
+
+class GenerationStream:
+    def __iter__(self) -> Self: ...
+    def __next__(self) -> str: ...
+    def next_piece(self) -> str | None: ...
+    def cancel(self) -> None: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def finish_reason(self) -> Literal["stop", "length", "cancelled"] | None: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def stats(self) -> GenerationStats | None: ...

@@ -21,7 +21,7 @@ Users import :mod:`llama_cython`, not this module.
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.math cimport isfinite
+from libc.math cimport INFINITY, isfinite
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, INT32_MAX, INT32_MIN
 from libc.string cimport memcpy
 from libcpp cimport bool as cppbool
@@ -56,7 +56,7 @@ from llama_cython.errors import (
     OptionError,
     TokenizeError,
 )
-from llama_cython.stats import GenerationStats
+from llama_cython.stats import ChatResponse, ChatUsage, GenerationStats
 
 include "_log.pxi"
 include "_errors.pxi"

@@ -1,15 +1,27 @@
 # The decode -> sample -> accept loop. Everything between the prompt and the returned text runs
-# here without the GIL and without Python objects; the state lives in one C struct so that the
-# streaming forms (next) can run the same step function a piece at a time.
+# here without the GIL and without Python objects. One loop serves every form: ``generate`` runs
+# it to the end in one nogil block; the streams (iterator, callback, asyncio) run it until the
+# next piece of text can be shown, then return to Python with that piece.
+#
+# Text is kept as the bytes llama.cpp produced. A piece is shown only once it is whole UTF-8 and
+# cannot be the start of a stop string; a stop string found in the text ends generation and is
+# cut off, so it never reaches the caller, not even in part.
 
 cdef enum _Finish:
     FINISH_RUNNING = 0
-    FINISH_STOP = 1        # an end-of-generation token
+    FINISH_STOP = 1        # an end-of-generation token or a stop string
     FINISH_LENGTH = 2      # max_tokens reached, or the context is full
-    FINISH_CANCELLED = 3   # the abort flag was raised
+    FINISH_CANCELLED = 3   # cancel(), a callback returning False, a closed stream, an async cancel
     FINISH_ERROR = 4       # llama_process failed; see rc
 
 cdef tuple _FINISH_NAMES = ("running", "stop", "length", "cancelled", "error")
+
+# The sampling keywords every generation method takes, with their defaults.
+_SAMPLING_DEFAULTS = {
+    "temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "typical_p": 1.0,
+    "repetition_penalty": 1.0, "repeat_last_n": 64, "presence_penalty": 0.0,
+    "frequency_penalty": 0.0, "ignore_eos": False, "seed": None,
+}
 
 
 cdef struct _GenLoop:
@@ -18,22 +30,24 @@ cdef struct _GenLoop:
     ll.llama_batch_ext * batch
     ll.llama_sampler * smpl
     volatile int * abort
-    int32_t n_ctx            # per-sequence capacity
+    vector[ll.llama_token] * kv   # tokens of sequence 0 in the KV cache, in position order
+    int32_t n_ctx                 # per-sequence capacity
     int32_t n_batch
-    int32_t n_past           # tokens of sequence 0 in the KV cache
     int32_t max_tokens
     int32_t n_generated
     int finish
     int32_t rc
+    bint logits_ok                # the last decode succeeded: its last position has logits
     int64_t t_start_us
     int64_t t_prompt_us
     int64_t t_end_us
 
 
-cdef int _decode_tokens(_GenLoop * g, const ll.llama_token * toks, int32_t n) except -1 nogil:
-    """Decode ``n`` tokens at positions n_past.., in chunks of n_batch; logits for the last.
+cdef int _decode_tokens(_GenLoop * g, const ll.llama_token * toks, int32_t n) noexcept nogil:
+    """Decode ``n`` tokens after those in the KV cache, in chunks of n_batch; logits for the last.
 
-    Returns 0, or 1 with ``g.rc`` set to llama_process's code.
+    Returns 0, or 1 with ``g.rc`` set to llama_process's code. After a failure the KV cache may
+    hold part of the batch (llama.h), so the record is emptied: the next call starts afresh.
     """
     cdef int32_t i = 0, m, j, idx = -1
     cdef ll.llama_pos pos
@@ -47,20 +61,25 @@ cdef int _decode_tokens(_GenLoop * g, const ll.llama_token * toks, int32_t n) ex
             idx = ll.llama_batch_ext_add_token(g.batch, 0, toks[i + j])
             if idx < 0:
                 g.rc = -1
+                g.kv.clear()
+                g.logits_ok = False
                 return 1
-            pos = g.n_past + j
+            pos = <ll.llama_pos>g.kv.size() + j
             ll.llama_batch_ext_set_pos(g.batch, idx, &pos)
         if i + m == n:
             ll.llama_batch_ext_set_output_logits(g.batch, idx, True)
         g.rc = ll.llama_process(g.ctx, ll.LLAMA_PROCESS_TYPE_DECODE, g.batch)
         if g.rc != 0:
+            g.kv.clear()
+            g.logits_ok = False
             return 1
-        g.n_past += m
+        g.kv.insert(g.kv.end(), toks + i, toks + i + m)
         i += m
+    g.logits_ok = True
     return 0
 
 
-cdef int _append_piece(const ll.llama_vocab * vocab, ll.llama_token tok, string * out) except -1 nogil:
+cdef int _append_piece(const ll.llama_vocab * vocab, ll.llama_token tok, string * out) noexcept nogil:
     cdef char small[256]
     cdef int32_t n = ll.llama_token_to_piece(vocab, tok, small, sizeof(small), 0, False)
     cdef string big
@@ -74,94 +93,410 @@ cdef int _append_piece(const ll.llama_vocab * vocab, ll.llama_token tok, string 
     return 0
 
 
-cdef int _gen_step(_GenLoop * g, vector[ll.llama_token] * tokens, string * text) except -1 nogil:
-    """Sample one token, record it, and decode it unless generation ends here.
+cdef size_t _utf8_complete_end(const string * text, size_t start, size_t end) noexcept nogil:
+    """``end``, moved back before a UTF-8 character that is not complete yet."""
+    cdef size_t j = end
+    cdef unsigned char lead
+    cdef size_t need
+    while j > start and end - j < 3 and (<unsigned char>text[0][j - 1] & 0xC0) == 0x80:
+        j -= 1
+    if j == start:
+        return end
+    lead = <unsigned char>text[0][j - 1]
+    if (lead & 0xE0) == 0xC0:
+        need = 2
+    elif (lead & 0xF0) == 0xE0:
+        need = 3
+    elif (lead & 0xF8) == 0xF0:
+        need = 4
+    else:
+        return end        # ASCII, or an invalid byte that no continuation can complete
+    if end - (j - 1) < need:
+        return j - 1
+    return end
 
-    Returns 1 while generation goes on, 0 once ``g.finish`` is set.
+
+@cython.final
+@cython.no_gc_clear
+cdef class GenerationStream:
+    """Text as it is generated: an iterator of ``str`` pieces.
+
+    Made by :meth:`Context.generate_stream` and :meth:`Context.chat_stream`. Each piece is whole
+    UTF-8 (a character split across tokens waits for its last byte) and never contains any part
+    of a stop string. The decoding between two pieces runs without the GIL.
+
+    The context is busy while the stream is open: it closes when it is exhausted, on
+    :meth:`close` (or leaving a ``with`` block), or when the stream is garbage-collected.
+    ``finish_reason``, ``text`` and ``stats`` tell the outcome.
+
+    >>> with ctx.generate_stream("Once upon a time", max_tokens=16) as stream:  # doctest: +SKIP
+    ...     for piece in stream:
+    ...         print(piece, end="", flush=True)
     """
-    cdef ll.llama_token tok
-    if g.abort[0]:
-        g.finish = FINISH_CANCELLED
-        return 0
-    # Valid: the previous decode marked its last token as an output (llama.cpp asserts that).
-    tok = ll.llama_sampler_sample(g.smpl, g.ctx, -1)
-    if ll.llama_vocab_is_eog(g.vocab, tok):
-        g.finish = FINISH_STOP
-        return 0
-    tokens.push_back(tok)
-    g.n_generated += 1
-    _append_piece(g.vocab, tok, text)
-    if g.n_generated >= g.max_tokens or g.n_past >= g.n_ctx:
-        g.finish = FINISH_LENGTH
-        return 0
-    if _decode_tokens(g, &tok, 1):
-        g.finish = FINISH_CANCELLED if g.rc == 2 else FINISH_ERROR
-        return 0
-    return 1
 
-
-cdef str _run_generate(Context self, object prompt, object max_tokens, _SamplingParams sp):
-    cdef bytes data = _text_bytes(prompt, "prompt") if isinstance(prompt, str) else None
-    if data is None:
-        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-    _check_int(max_tokens, "max_tokens", 1, INT32_MAX)
+    cdef Context ctx
     cdef _GenLoop g
+    cdef vector[ll.llama_token] prompt
     cdef vector[ll.llama_token] out_tokens
-    cdef string out_text
-    cdef int32_t[::1] toks
-    cdef int32_t n_prompt
-    cdef int rc = 0
-    self._enter()
-    mark = _log_mark()
-    try:
-        # parse_special: chat markers such as <|im_start|> in a prompt are tokens, as in llama.cpp's examples
-        prompt_ids = _tokenize(self.model, data, True, True)
-        n_prompt = prompt_ids.shape[0]
-        if n_prompt == 0:
-            raise TokenizeError("the prompt is empty (it tokenizes to no tokens)")
-        g.n_ctx = ll.llama_n_ctx_seq(self._ctx)
-        if n_prompt > g.n_ctx:
-            raise ContextSizeError(
-                f"prompt is {n_prompt} tokens, longer than the context ({g.n_ctx} tokens)")
-        toks = prompt_ids
-        g.ctx = self._ctx
-        g.vocab = self.model._vocab
-        g.batch = self._batch
-        g.abort = &self._abort
-        g.n_batch = ll.llama_n_batch(self._ctx)
-        g.n_past = 0
-        g.max_tokens = max_tokens
-        g.n_generated = 0
-        g.finish = FINISH_RUNNING
-        g.rc = 0
-        g.smpl = _build_sampler(&sp, self.model._n_vocab)
-        try:
-            with nogil:
-                g.t_start_us = ll.llama_time_us()
-                ll.llama_memory_clear(ll.llama_get_memory(g.ctx), True)
-                if _decode_tokens(&g, &toks[0], n_prompt):
-                    g.finish = FINISH_CANCELLED if g.rc == 2 else FINISH_ERROR
-                g.t_prompt_us = ll.llama_time_us()
-                while g.finish == FINISH_RUNNING and _gen_step(&g, &out_tokens, &out_text):
-                    pass
-                g.t_end_us = ll.llama_time_us()
-        finally:
+    cdef string text
+    cdef size_t emitted
+    cdef vector[string] stops
+    cdef size_t max_stop
+    cdef int32_t n_reuse         # prompt tokens taken from the KV cache instead of decoded
+    cdef ll.llama_token pending  # sampled but not decoded yet
+    cdef bint has_pending
+    cdef bint started            # the prompt phase has run
+    cdef bint busy               # a step runs right now (in some thread)
+    cdef bint close_pending      # close() was asked during a step: the step's thread finishes
+    cdef bint released           # the context was handed back
+    cdef int64_t mark
+    cdef object _stats
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("GenerationStream cannot be created directly; use ctx.generate_stream()")
+
+    def __dealloc__(self):
+        # Quiet: free C memory and hand the context back; no stats, no exceptions.
+        if self.g.smpl != NULL:
+            ll.llama_sampler_free(self.g.smpl)
+            self.g.smpl = NULL
+        if not self.released and self.ctx is not None:
+            self.released = True
+            self.ctx._leave()
+
+    # -- the loop, without the GIL -------------------------------------------------------------
+
+    cdef size_t _find_stop(self, size_t start) noexcept nogil:
+        """Earliest position of a stop string that ends after ``start``; npos if none."""
+        cdef size_t best = <size_t>-1, pos, i
+        cdef size_t frm = start - (self.max_stop - 1) if start >= self.max_stop - 1 else 0
+        for i in range(self.stops.size()):
+            pos = self.text.find(self.stops[i], frm)
+            if pos < best:
+                best = pos
+        return best
+
+    cdef size_t _shown_end(self) noexcept nogil:
+        """How far the text may be shown now: not into a possible stop string or a half character."""
+        cdef size_t n = self.text.size(), end = n, k, i
+        if self.g.finish != FINISH_RUNNING:
+            return n
+        if self.max_stop > 1:
+            k = self.max_stop - 1
+            if k > n - self.emitted:
+                k = n - self.emitted
+            while k > 0 and end == n:
+                for i in range(self.stops.size()):
+                    if self.stops[i].size() > k and \
+                            self.text.compare(n - k, k, self.stops[i], 0, k) == 0:
+                        end = n - k
+                        break
+                k -= 1
+        return _utf8_complete_end(&self.text, self.emitted, end)
+
+    cdef bint _step(self) noexcept nogil:
+        """Decode the pending token, sample the next, record it. False once generation ended."""
+        cdef _GenLoop * g = &self.g
+        cdef ll.llama_token tok
+        cdef size_t before, cut
+        if g.abort[0]:
+            g.finish = FINISH_CANCELLED
+            return False
+        if self.has_pending:
+            self.has_pending = False
+            if _decode_tokens(g, &self.pending, 1):
+                g.finish = FINISH_CANCELLED if g.rc == 2 else FINISH_ERROR
+                return False
+        # Valid: the last decode marked its last token as an output (llama.cpp asserts that).
+        tok = ll.llama_sampler_sample(g.smpl, g.ctx, -1)
+        if ll.llama_vocab_is_eog(g.vocab, tok):
+            g.finish = FINISH_STOP
+            return False
+        self.out_tokens.push_back(tok)
+        g.n_generated += 1
+        before = self.text.size()
+        _append_piece(g.vocab, tok, &self.text)
+        if self.stops.size():
+            cut = self._find_stop(before)
+            if cut != <size_t>-1:
+                self.text.resize(cut)
+                g.finish = FINISH_STOP
+                return False
+        if g.n_generated >= g.max_tokens or <int32_t>g.kv.size() >= g.n_ctx:
+            g.finish = FINISH_LENGTH
+            return False
+        self.pending = tok
+        self.has_pending = True
+        return True
+
+    cdef void _start_prompt(self) noexcept nogil:
+        """Reuse the cached prefix (or clear the cache), then decode the rest of the prompt."""
+        cdef _GenLoop * g = &self.g
+        cdef ll.llama_memory_t mem = ll.llama_get_memory(g.ctx)
+        cdef ll.llama_pos pos_min, keep_from
+        cdef int32_t n_swa
+        self.started = True
+        g.t_start_us = ll.llama_time_us()
+        if self.n_reuse > 0:
+            # llama.h: seq_rm "returns false if a partial sequence cannot be removed" (recurrent
+            # memory). With sliding-window attention the cache may also have dropped positions
+            # the rest of the prompt still attends to: then the prefix is of no use either.
+            if not ll.llama_memory_seq_rm(mem, 0, self.n_reuse, -1):
+                self.n_reuse = 0
+            else:
+                n_swa = ll.llama_model_n_swa(ll.llama_get_model(g.ctx))
+                pos_min = ll.llama_memory_seq_pos_min(mem, 0)
+                keep_from = self.n_reuse - n_swa if n_swa > 0 else 0
+                if keep_from < 0:
+                    keep_from = 0
+                if pos_min < 0 or pos_min > keep_from:
+                    self.n_reuse = 0
+        if self.n_reuse > 0:
+            g.kv.resize(self.n_reuse)
+        else:
+            ll.llama_memory_clear(mem, True)
+            g.kv.clear()
+        if _decode_tokens(g, self.prompt.data() + self.n_reuse,
+                          <int32_t>self.prompt.size() - self.n_reuse):
+            g.finish = FINISH_CANCELLED if g.rc == 2 else FINISH_ERROR
+        g.t_prompt_us = ll.llama_time_us()
+
+    cdef void _advance(self, bint to_end) noexcept nogil:
+        """Run until generation ends or (``to_end`` false) a new piece can be shown."""
+        if not self.started:
+            self._start_prompt()
+        while self.g.finish == FINISH_RUNNING:
+            if not self._step():
+                break
+            if not to_end and self._shown_end() > self.emitted:
+                return
+        self.g.t_end_us = ll.llama_time_us()
+
+    # -- Python side ---------------------------------------------------------------------------
+
+    cdef object _run(self, bint to_end):
+        """One call into the loop (no GIL inside); the new text, or None once all is shown."""
+        cdef size_t end
+        if self.released:
+            return None
+        if self.busy:
+            raise ContextBusyError("this stream is already being advanced by another thread")
+        if self.g.finish == FINISH_RUNNING:
+            self.busy = True
+            try:
+                with nogil:
+                    self._advance(to_end)
+            finally:
+                self.busy = False
+        if self.close_pending:
+            self._finish()
+            return None
+        if self.g.finish == FINISH_ERROR:
+            self._finish()
+            raise _decode_error(self.g.rc, "generate", self.g.n_ctx, self.mark)
+        end = self.text.size() if to_end else self._shown_end()
+        if end > self.emitted:
+            piece = PyUnicode_DecodeUTF8(self.text.data() + self.emitted, end - self.emitted, "replace")
+            self.emitted = end
+        else:
+            piece = None
+        if self.g.finish != FINISH_RUNNING and self.emitted == self.text.size():
+            self._finish()
+        return piece
+
+    cdef _finish(self):
+        """Hand the context back and record the stats (idempotent)."""
+        if self.released:
+            return
+        cdef _GenLoop * g = &self.g
+        if g.finish == FINISH_RUNNING:
+            g.finish = FINISH_CANCELLED
+            if not self.started:
+                g.t_start_us = g.t_prompt_us = ll.llama_time_us()
+            g.t_end_us = ll.llama_time_us()
+        if g.smpl != NULL:
             ll.llama_sampler_free(g.smpl)
-        if g.finish == FINISH_ERROR:
-            raise _decode_error(g.rc, "generate", g.n_ctx, mark)
-        ids = np.empty(out_tokens.size(), dtype=np.int32)
-        if out_tokens.size():
-            toks = ids
-            memcpy(&toks[0], out_tokens.data(), out_tokens.size() * sizeof(ll.llama_token))
-        self.last_stats = GenerationStats(
-            prompt_tokens=n_prompt,
+            g.smpl = NULL
+        ids = np.empty(self.out_tokens.size(), dtype=np.int32)
+        cdef int32_t[::1] view
+        if self.out_tokens.size():
+            view = ids
+            memcpy(&view[0], self.out_tokens.data(), self.out_tokens.size() * sizeof(ll.llama_token))
+        self._stats = GenerationStats(
+            prompt_tokens=<int>self.prompt.size(),
             completion_tokens=g.n_generated,
             prompt_ms=(g.t_prompt_us - g.t_start_us) / 1000.0,
             generation_ms=(g.t_end_us - g.t_prompt_us) / 1000.0,
             finish_reason=_FINISH_NAMES[g.finish],
             tokens=ids,
+            cached_tokens=self.n_reuse,
         )
-        return PyUnicode_DecodeUTF8(out_text.data(), out_text.size(), "replace")
-    finally:
-        self._leave()
+        self.released = True
+        self.ctx.last_stats = self._stats
+        self.ctx.cached_tokens = self.n_reuse
+        self.ctx._logits_ok = g.logits_ok
+        self.ctx._leave()
         _drain_log()
+
+    cdef str _run_to_end(self):
+        piece = self._run(True)
+        return "" if piece is None else piece
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        piece = self._run(False)
+        if piece is None:
+            raise StopIteration
+        return piece
+
+    def next_piece(self):
+        """The next piece, or ``None`` once generation has ended (what ``__next__`` returns
+        without the ``StopIteration``; the async stream calls this in a worker thread)."""
+        return self._run(False)
+
+    def cancel(self):
+        """Stop generation within one token (safe from any thread); the stream then ends."""
+        if not self.released:
+            self.g.abort[0] = 1
+
+    def close(self):
+        """End the stream now and hand the context back. Idempotent.
+
+        Called while another thread is inside a step (an async worker), it asks that step to
+        stop; the step's thread hands the context back when it returns, within one token.
+        """
+        if self.released:
+            return
+        if self.busy:
+            self.close_pending = True
+            self.g.abort[0] = 1
+            return
+        self._finish()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    @property
+    def closed(self):
+        """True once the context was handed back (exhausted, closed or cancelled)."""
+        return self.released
+
+    @property
+    def finish_reason(self):
+        """``"stop"``, ``"length"`` or ``"cancelled"`` once ended; ``None`` while running."""
+        if self.g.finish == FINISH_RUNNING and not self.released:
+            return None
+        return _FINISH_NAMES[self.g.finish]
+
+    @property
+    def text(self):
+        """All the text shown so far."""
+        return PyUnicode_DecodeUTF8(self.text.data(), self.emitted, "replace")
+
+    @property
+    def stats(self):
+        """The :class:`GenerationStats` of this generation, once it has ended; else ``None``."""
+        return self._stats
+
+    def __repr__(self):
+        state = "open" if not self.released else f"ended ({self.finish_reason})"
+        return f"<llama_cython.GenerationStream {state}, {self.g.n_generated} tokens>"
+
+
+cdef list _stop_list(object stop):
+    """``stop`` as a list of non-empty UTF-8 byte strings."""
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = (stop,)
+    out = []
+    try:
+        items = list(stop)
+    except TypeError:
+        raise TypeError(f"stop must be a str or a sequence of str, got {type(stop).__name__}") from None
+    for i, s in enumerate(items):
+        if not isinstance(s, str):
+            raise TypeError(f"stop[{i}] must be a str, got {type(s).__name__}")
+        if not s:
+            raise OptionError(f"stop[{i}] is an empty string; it would match everywhere")
+        out.append((<str>s).encode("utf-8"))
+    return out
+
+
+cdef dict _sampling_kwargs(dict given):
+    """The defaults updated with ``given``; an unknown keyword is a TypeError, as for a def."""
+    for key in given:
+        if key not in _SAMPLING_DEFAULTS:
+            raise TypeError(f"unexpected keyword argument {key!r}")
+    merged = dict(_SAMPLING_DEFAULTS)
+    merged.update(given)
+    return merged
+
+
+cdef GenerationStream _start_generation(Context self, object prompt, bint add_special,
+                                        object max_tokens, object stop, dict sampling):
+    """Check everything, take the context, tokenize and plan the prefix reuse; decode nothing.
+
+    The returned stream owns the context until it is finished or closed.
+    """
+    self._check_open()
+    cdef bytes data = _text_bytes(prompt, "prompt") if isinstance(prompt, str) else None
+    if data is None:
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+    _check_int(max_tokens, "max_tokens", 1, INT32_MAX)
+    cdef list stops = _stop_list(stop)
+    cdef _SamplingParams sp = _sampling_params(_sampling_kwargs(sampling))
+    cdef GenerationStream s = GenerationStream.__new__(GenerationStream)
+    cdef int32_t[::1] toks
+    cdef int32_t n_prompt, n_ctx, n
+    cdef size_t i, n_common
+    # parse_special: chat markers such as <|im_start|> in a prompt are tokens, as in llama.cpp's examples
+    prompt_ids = _tokenize(self.model, data, add_special, True)
+    n_prompt = prompt_ids.shape[0]
+    if n_prompt == 0:
+        raise TokenizeError("the prompt is empty (it tokenizes to no tokens)")
+    n_ctx = ll.llama_n_ctx_seq(self._ctx)
+    if n_prompt > n_ctx:
+        raise ContextSizeError(
+            f"prompt is {n_prompt} tokens, longer than the context ({n_ctx} tokens)")
+    self._enter()
+    s.released = True        # until the stream owns the context, its dealloc hands back nothing
+    s.ctx = self
+    try:
+        s.mark = _log_mark()
+        toks = prompt_ids
+        s.prompt.assign(&toks[0], &toks[0] + n_prompt)
+        for b in stops:
+            s.stops.push_back(<string>b)
+            if len(<bytes>b) > s.max_stop:
+                s.max_stop = len(<bytes>b)
+        # Reuse the longest common prefix of the tokens already in the cache, but decode at
+        # least the last prompt token: its logits are what the first sample needs.
+        n_common = 0
+        if self.prefix_caching:
+            n = min(<int32_t>self._kv.size(), n_prompt - 1)
+            while n_common < <size_t>n and self._kv[n_common] == s.prompt[n_common]:
+                n_common += 1
+        s.n_reuse = <int32_t>n_common
+        self.cached_tokens = 0     # set for real once the prompt phase has run
+        s.g.ctx = self._ctx
+        s.g.vocab = self.model._vocab
+        s.g.batch = self._batch
+        s.g.abort = &self._abort
+        s.g.kv = &self._kv
+        s.g.n_ctx = n_ctx
+        s.g.n_batch = ll.llama_n_batch(self._ctx)
+        s.g.max_tokens = max_tokens
+        s.g.finish = FINISH_RUNNING
+        s.g.logits_ok = self._logits_ok
+        s.g.smpl = _build_sampler(&sp, self.model._vocab, self.model._n_vocab)
+    except BaseException:
+        self._leave()
+        raise
+    s.released = False
+    return s

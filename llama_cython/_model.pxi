@@ -541,6 +541,18 @@ cdef class Model:
         cdef int32_t tok = _check_token(self, token)
         return ll.llama_vocab_is_eog(self._vocab, tok)
 
+    def _chat_specials(self):
+        """(bos text or None, eos text or None, add_bos): what a chat template is given."""
+        self._check_open()
+        _check_vocab(self)
+        cdef ll.llama_token bos = ll.llama_vocab_bos(self._vocab)
+        cdef ll.llama_token eos = ll.llama_vocab_eos(self._vocab)
+        bos_text = (_token_to_piece(self, bos, True).decode("utf-8", "replace")
+                    if 0 <= bos < self._n_vocab else None)
+        eos_text = (_token_to_piece(self, eos, True).decode("utf-8", "replace")
+                    if 0 <= eos < self._n_vocab else None)
+        return bos_text, eos_text, bool(ll.llama_vocab_get_add_bos(self._vocab))
+
     # -- contexts ---------------------------------------------------------------------------
 
     def new_context(self, *, n_ctx=2048, n_batch=512, n_ubatch=None, n_threads=None,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["GenerationStats"]
+__all__ = ["ChatResponse", "ChatUsage", "GenerationStats"]
 
 
 @dataclass(frozen=True)
@@ -15,8 +15,9 @@ class GenerationStats:
     """What the last generation on a context did, read from the C loop's counters.
 
     ``tokens`` holds the generated token ids (int32), in order; ``finish_reason`` is ``"stop"``
-    (an end-of-generation token), ``"length"`` (``max_tokens`` reached or the context is full)
-    or ``"cancelled"``.
+    (an end-of-generation token or a stop string), ``"length"`` (``max_tokens`` reached or the
+    context is full) or ``"cancelled"``; ``cached_tokens`` is how many prompt tokens were taken
+    from the KV cache (prefix caching) instead of being decoded again.
     """
 
     prompt_tokens: int
@@ -25,6 +26,7 @@ class GenerationStats:
     generation_ms: float
     finish_reason: str
     tokens: npt.NDArray[np.int32] = field(repr=False)
+    cached_tokens: int = 0
 
     @property
     def tokens_per_second(self) -> float:
@@ -39,3 +41,26 @@ class GenerationStats:
         if self.prompt_ms <= 0:
             return 0.0
         return self.prompt_tokens * 1000.0 / self.prompt_ms
+
+
+@dataclass(frozen=True)
+class ChatUsage:
+    """Token counts of one chat turn."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class ChatResponse:
+    """The answer of :meth:`Context.chat`: the assistant's text, why it ended, token counts."""
+
+    content: str
+    finish_reason: str
+    usage: ChatUsage
+    stats: GenerationStats = field(repr=False)

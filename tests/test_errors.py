@@ -639,6 +639,18 @@ def test_empty_prompt(ctx, usable):
         ({"seed": "1"}, TypeError),
         ({"top_k": -1}, OptionError),
         ({"top_k": 2.0}, TypeError),
+        ({"typical_p": 0}, OptionError),
+        ({"typical_p": 1.01}, OptionError),
+        ({"typical_p": math.nan}, OptionError),
+        ({"presence_penalty": math.nan}, OptionError),
+        ({"frequency_penalty": math.inf}, OptionError),
+        ({"frequency_penalty": "1"}, TypeError),
+        ({"ignore_eos": 1}, TypeError),
+        ({"ignore_eos": "yes"}, TypeError),
+        ({"stop": ""}, OptionError),
+        ({"stop": ["ok", ""]}, OptionError),
+        ({"stop": [b"bytes"]}, TypeError),
+        ({"stop": 5}, TypeError),
     ],
 )
 def test_bad_sampling_values(ctx, usable, options, exc_type):

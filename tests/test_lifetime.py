@@ -114,12 +114,20 @@ def test_entering_a_closed_object_raises(own_model):
 
 # Attributes that stay readable after close(), like a closed file's ``name`` and ``closed``.
 CONTEXT_READABLE_AFTER_CLOSE = {"closed", "model", "close", "last_stats", "cancel",
-                                "kv_cache_type", "flash_attn", "prefix_caching"}
+                                "kv_cache_type", "flash_attn", "prefix_caching", "cached_tokens"}
+_HI = [{"role": "user", "content": "Hi"}]
 CONTEXT_CALLS = {
     "generate": lambda c: c.generate("Hi", max_tokens=2, temperature=0.0),
     "tokenize": lambda c: c.tokenize("Hi"),
     "detokenize": lambda c: c.detokenize([1, 2]),
     "token_to_piece": lambda c: c.token_to_piece(1),
+    "generate_stream": lambda c: c.generate_stream("Hi", max_tokens=2),
+    "generate_async": lambda c: c.generate_async("Hi", max_tokens=2),
+    "chat": lambda c: c.chat(_HI, max_tokens=2),
+    "chat_stream": lambda c: c.chat_stream(_HI, max_tokens=2),
+    "chat_async": lambda c: c.chat_async(_HI, max_tokens=2),
+    "get_logits": lambda c: c.get_logits(),
+    "clear_cache": lambda c: c.clear_cache(),
 }
 MODEL_READABLE_AFTER_CLOSE = {"closed", "close", "path", "vocab_only"}
 MODEL_CALLS = {

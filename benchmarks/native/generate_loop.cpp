@@ -1,5 +1,5 @@
 // A plain C++ generation loop on llama.h: the reference that benchmarks/bench_generate.py
-// measures llama_cython's Context.generate against.
+// measures llama_cython's Context.generate and Context.generate_stream against.
 //
 // It does the same work as llama_cython's C loop (llama_cython/_generate.pxi), call for call:
 //   tokenize the prompt (add_special, parse_special) -> build the sampler chain ->
@@ -16,7 +16,9 @@
 // interleave this loop with its own runs, strictly one at a time, in one long-lived process.
 //
 // Prints one JSON line per repeat on stdout:
-//   {"n_prompt":..,"n_gen":..,"t_prompt_ms":..,"t_gen_ms":..,"t_total_ms":..,"finish":..,"tokens":[..]}
+//   {"n_prompt":..,"n_gen":..,"t_prompt_ms":..,"t_gen_ms":..,"t_total_ms":..,"text_bytes":..,
+//    "text_hex":"..","finish":..,"tokens":[..]}
+// (text_hex: the generated text's bytes, made after the timed span)
 // t_prompt_ms: memory clear + prompt decode; t_gen_ms: everything after the prompt (the same
 // span llama_cython's last_stats.generation_ms covers); t_total_ms: the whole request, from
 // tokenization to the freed sampler (what a Python caller's wall time around generate covers,
@@ -288,10 +290,18 @@ int main(int argc, char ** argv) {
             }
             toks_json += std::to_string(out_tokens[i]);
         }
+        // the text's bytes in hex: exact, whatever they are (a character cut at n_predict...)
+        static const char hexdigits[] = "0123456789abcdef";
+        std::string text_hex;
+        text_hex.reserve(out_text.size() * 2);
+        for (unsigned char ch : out_text) {
+            text_hex += hexdigits[ch >> 4];
+            text_hex += hexdigits[ch & 15];
+        }
         std::printf("{\"n_prompt\":%d,\"n_gen\":%d,\"t_prompt_ms\":%.4f,\"t_gen_ms\":%.4f,\"t_total_ms\":%.4f,"
-                    "\"text_bytes\":%zu,\"finish\":\"%s\",\"tokens\":[%s]}\n",
+                    "\"text_bytes\":%zu,\"text_hex\":\"%s\",\"finish\":\"%s\",\"tokens\":[%s]}\n",
                     n_prompt, n_gen, ms_between(t_start, t_prompt), ms_between(t_prompt, t_end),
-                    ms_between(t0, t_done), out_text.size(), finish, toks_json.c_str());
+                    ms_between(t0, t_done), out_text.size(), text_hex.c_str(), finish, toks_json.c_str());
         std::fflush(stdout);
     }
 

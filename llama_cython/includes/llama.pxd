@@ -31,6 +31,10 @@ cdef extern from "llama.h" nogil:
     struct llama_batch_ext:
         pass
 
+    ctypedef struct llama_logit_bias:
+        llama_token token
+        float bias
+
     enum llama_vocab_type:
         LLAMA_VOCAB_TYPE_NONE
         LLAMA_VOCAB_TYPE_SPM
@@ -168,6 +172,7 @@ cdef extern from "llama.h" nogil:
     # The C function shares its name with the enum type; Cython needs another name for it.
     llama_pooling_type llama_pooling_type_of "llama_pooling_type"(const llama_context * ctx)
     llama_memory_t llama_get_memory(const llama_context * ctx)
+    const llama_model * llama_get_model(const llama_context * ctx)
     void llama_set_abort_callback(llama_context * ctx, ggml_abort_callback abort_callback, void * abort_callback_data)
     float * llama_get_logits_ith(llama_context * ctx, int32_t i)
     float * llama_get_embeddings(llama_context * ctx)
@@ -177,6 +182,7 @@ cdef extern from "llama.h" nogil:
     # memory (KV cache)
     void llama_memory_clear(llama_memory_t mem, bint data)
     bint llama_memory_seq_rm(llama_memory_t mem, llama_seq_id seq_id, llama_pos p0, llama_pos p1)
+    llama_pos llama_memory_seq_pos_min(llama_memory_t mem, llama_seq_id seq_id)
     llama_pos llama_memory_seq_pos_max(llama_memory_t mem, llama_seq_id seq_id)
 
     # batches (the checked batch API: capacity, token ids and seq ids are validated on add)
@@ -220,6 +226,9 @@ cdef extern from "llama.h" nogil:
     llama_sampler * llama_sampler_init_top_k(int32_t k)
     llama_sampler * llama_sampler_init_top_p(float p, size_t min_keep)
     llama_sampler * llama_sampler_init_min_p(float p, size_t min_keep)
+    llama_sampler * llama_sampler_init_typical(float p, size_t min_keep)
+    llama_sampler * llama_sampler_init_logit_bias(int32_t n_vocab, int32_t n_logit_bias,
+                                                  const llama_logit_bias * logit_bias)
     llama_sampler * llama_sampler_init_temp(float t)
     llama_sampler * llama_sampler_init_penalties(int32_t n_vocab, int32_t penalty_last_n, float penalty_repeat,
                                                  float penalty_freq, float penalty_present)
