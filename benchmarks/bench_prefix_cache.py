@@ -30,12 +30,13 @@ system prompt and the chat template's text up to the user's question).
 
 If ``ctx.chat_stream`` is not usable (``llama_cython.chat`` missing), the prompt is rendered
 here with the model's chat format and sent to ``ctx.generate_stream`` instead; the output says
-so.
+so. The base ``gemma-3-270m`` GGUF has no chat template: Gemma 3's own is passed (``template=``).
 
-Gemma 3 uses sliding-window attention on most layers: llama.cpp's cache for those layers keeps
-only the last ``n_swa`` positions (plus a micro-batch), so once a prompt is longer than the
-window, the shared prefix's early positions are gone for them and llama_cython decodes the
-whole prompt again (``cached_tokens`` 0): there, expect no speed-up.
+Gemma 3 uses sliding-window attention (``n_swa`` 512) on most layers. llama.cpp's default
+context parameters keep a full-size cache for those layers too (``swa_full``), so a prefix
+longer than the window is still all there and is reused as with SmolLM2 (llama_cython checks
+that the positions the rest of the prompt attends to are still cached, and decodes the whole
+prompt otherwise: with a window-sized SWA cache the reuse would be refused).
 
     .venv/bin/python benchmarks/bench_prefix_cache.py                   # SmolLM2, 2 threads
     .venv/bin/python benchmarks/bench_prefix_cache.py --model gemma-3-270m --json
@@ -141,6 +142,23 @@ FIRST_QUESTION = "Hi, I bought a tent three weeks ago and one of the poles snapp
 SECOND_QUESTION = ("Hello! How long do I have to return a rain jacket I have not worn, and do I have "
                    "to pay for the return shipping?")
 
+# Gemma 3's chat template (google/gemma-3-270m-it's, for str contents), for a GGUF that carries
+# none (the base gemma-3-270m): the system prompt goes at the start of the first user turn.
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"
+)
+FALLBACK_TEMPLATES = {"gemma-3-270m": GEMMA3_TEMPLATE}
+
 # How each model's chat template lays out these messages (only used when ctx.chat_stream cannot
 # be used); generate_stream adds the BOS token itself (add_special), so it is not written here.
 HAND_TEMPLATES = {
@@ -154,10 +172,11 @@ def messages_for(question: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
 
 
-def chat_stream_works(ctx: Any) -> str | None:
+def chat_stream_works(ctx: Any, template: str | None) -> str | None:
     """None if ``ctx.chat_stream`` can be used; else why not."""
     try:
-        stream = ctx.chat_stream([{"role": "user", "content": "Hi"}], max_tokens=1, temperature=0.0)
+        stream = ctx.chat_stream([{"role": "user", "content": "Hi"}], max_tokens=1, temperature=0.0,
+                                 template=template)
         for _ in stream:
             pass
     except (ImportError, AttributeError, NotImplementedError) as e:
@@ -165,18 +184,21 @@ def chat_stream_works(ctx: Any) -> str | None:
     return None
 
 
-def start_turn(ctx: Any, model_name: str, question: str, max_tokens: int, use_chat: bool) -> Iterator[str]:
+def start_turn(ctx: Any, model_name: str, question: str, max_tokens: int, use_chat: bool,
+               template: str | None) -> Iterator[str]:
     """Start one turn (greedy) and return its stream of pieces."""
     if use_chat:
-        return iter(ctx.chat_stream(messages_for(question), max_tokens=max_tokens, temperature=0.0))
+        return iter(ctx.chat_stream(messages_for(question), max_tokens=max_tokens, temperature=0.0,
+                                    template=template))
     prompt = HAND_TEMPLATES[model_name].format(system=SYSTEM_PROMPT, user=question)
     return iter(ctx.generate_stream(prompt, max_tokens=max_tokens, temperature=0.0))
 
 
-def run_turn(ctx: Any, model_name: str, question: str, max_tokens: int, use_chat: bool) -> dict[str, Any]:
+def run_turn(ctx: Any, model_name: str, question: str, max_tokens: int, use_chat: bool,
+             template: str | None) -> dict[str, Any]:
     """One turn: TTFT (call to first piece), then the rest of the answer, and its stats."""
     t0 = time.perf_counter()
-    pieces = start_turn(ctx, model_name, question, max_tokens, use_chat)
+    pieces = start_turn(ctx, model_name, question, max_tokens, use_chat, template)
     first = next(pieces, "")
     t1 = time.perf_counter()
     text = first + "".join(pieces)
@@ -195,11 +217,11 @@ def run_turn(ctx: Any, model_name: str, question: str, max_tokens: int, use_chat
     }
 
 
-def run_round(ctx: Any, args: argparse.Namespace, use_chat: bool) -> dict[str, Any]:
+def run_round(ctx: Any, args: argparse.Namespace, use_chat: bool, template: str | None) -> dict[str, Any]:
     """Clear the cache, first turn, then the timed second turn."""
     ctx.clear_cache()
-    first = run_turn(ctx, args.model, FIRST_QUESTION, args.first_tokens, use_chat)
-    second = run_turn(ctx, args.model, SECOND_QUESTION, args.max_tokens, use_chat)
+    first = run_turn(ctx, args.model, FIRST_QUESTION, args.first_tokens, use_chat, template)
+    second = run_turn(ctx, args.model, SECOND_QUESTION, args.max_tokens, use_chat, template)
     return {"first": first, "second": second}
 
 
@@ -248,12 +270,14 @@ def main(argv: list[str] | None = None) -> int:
     model_file = llama.models.model_path(args.model)
     model = llama.load_model(str(model_file))
     system_tokens = len(model.tokenize(SYSTEM_PROMPT, add_special=False))
+    n_swa = model.n_swa
     opts = {"n_ctx": args.n_ctx, "n_threads": args.threads, "n_threads_batch": args.threads}
     contexts = {
         "cached": model.new_context(prefix_caching=True, **opts),
         "uncached": model.new_context(prefix_caching=False, **opts),
     }
-    why_not_chat = chat_stream_works(contexts["cached"])
+    template = FALLBACK_TEMPLATES.get(args.model) if model.chat_template is None else None
+    why_not_chat = chat_stream_works(contexts["cached"], template)
     use_chat = why_not_chat is None
     if not use_chat:
         say(f"note: ctx.chat_stream is not usable ({why_not_chat}); the prompt is rendered here "
@@ -266,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for _ in range(args.warmup):
             for ctx in contexts.values():
-                run_round(ctx, args, use_chat)
+                run_round(ctx, args, use_chat, template)
         attempts = 0
         while len(runs["cached"]) < args.repeats and attempts < 2 * args.repeats:
             order = ["cached", "uncached"] if attempts % 2 == 0 else ["uncached", "cached"]
@@ -275,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             worst = 0.0
             for side in order:
                 with Interference(pids) as probe:
-                    one[side] = run_round(contexts[side], args, use_chat)
+                    one[side] = run_round(contexts[side], args, use_chat, template)
                 one[side]["foreign_cpu_share"] = probe.share
                 worst = max(worst, probe.share)
             if worst > args.max_foreign and attempts < 2 * args.repeats:
@@ -300,12 +324,13 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "model": args.model,
         "model_file": str(model_file),
-        "n_swa": model.n_swa if hasattr(model, "n_swa") else None,
+        "n_swa": n_swa,
         "threads": args.threads,
         "n_ctx": args.n_ctx,
         "repeats": args.repeats,
         "warmup": args.warmup,
-        "api": "chat_stream" if use_chat else "generate_stream (prompt rendered by hand)",
+        "api": ("chat_stream" + (" (Gemma 3 template given: the GGUF has none)" if template else "")
+                if use_chat else "generate_stream (prompt rendered by hand)"),
         "system_prompt_tokens": system_tokens,
         "second_turn_prompt_tokens": ref["prompt_tokens"],
         "sides": sides,

@@ -73,6 +73,27 @@ def run_demo(model_name: str, prompt: str, max_tokens: int) -> None:
             print("  " + (prompt + out).replace("\n", "\n  "))
             print(f"  -> {stats.completion_tokens} tokens at {stats.tokens_per_second:.1f} tokens/s")
 
+            if model.chat_template:
+                _chat(ctx)
+
+
+def _chat(ctx) -> None:
+    """Two chat turns, streamed; the second reuses the first's KV cache (prefix caching)."""
+    messages = [{"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "What is the capital of France?"}]
+    print("\n== Chat with the model's own template, streamed piece by piece")
+    for turn in range(2):
+        print(f"  user: {messages[-1]['content']}\n  assistant: ", end="", flush=True)
+        stream = ctx.chat_stream(messages, max_tokens=64, temperature=0)
+        for piece in stream:
+            print(piece.replace("\n", "\n  "), end="", flush=True)
+        stats = stream.stats
+        print(f"\n  -> {stats.completion_tokens} tokens ({stats.finish_reason}); "
+              f"{stats.cached_tokens} of {stats.prompt_tokens} prompt tokens reused from the KV cache")
+        if turn == 0:
+            messages += [{"role": "assistant", "content": stream.text},
+                         {"role": "user", "content": "What is the population of that city?"}]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="llama_cython demo")

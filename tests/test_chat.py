@@ -11,7 +11,11 @@ import llama_cython as llama
 from llama_cython import ChatMessage, ChatResponse, OptionError, TemplateError
 from llama_cython.chat import render_model_chat
 
-FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+# With no system message SmolLM2's template adds its own ("You are a helpful AI assistant named
+# SmolLM..."), after which the 135M Q4_1 model rambles in French; a plain one keeps it on topic.
+GEMMA2_TEMPLATE = "google-gemma-2-2b-it.jinja"   # the Gemma 3 GGUF carries no template of its own
+FRANCE = [{"role": "system", "content": "You are a helpful assistant."},
+          {"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +40,8 @@ def test_capital_of_france(france):
 
 
 def test_messages_as_dataclasses_or_dicts(ctx, france):
-    reply = ctx.chat([ChatMessage("user", "What is the capital of France?")], max_tokens=48, temperature=0)
+    reply = ctx.chat([ChatMessage("system", "You are a helpful assistant."),
+                      ChatMessage("user", "What is the capital of France?")], max_tokens=48, temperature=0)
     assert reply.content == france.content
 
 
@@ -53,29 +58,34 @@ def test_chat_stream_and_async_give_the_same_text(ctx, france):
     assert "".join(seen) == france.content == stream.text
 
 
-def test_multi_turn_keeps_context(ctx):
-    messages = [
-        {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "My favourite colour is green. Remember that."},
-    ]
-    first = ctx.chat(messages, max_tokens=40, temperature=0)
-    messages += [{"role": "assistant", "content": first.content},
-                 {"role": "user", "content": "What is my favourite colour?"}]
+def test_multi_turn_keeps_context(ctx, france):
+    # "that city" can only be understood from the first turn
+    messages = [*FRANCE, {"role": "assistant", "content": france.content},
+                {"role": "user", "content": "What is the population of that city?"}]
     second = ctx.chat(messages, max_tokens=40, temperature=0)
-    assert "green" in second.content.lower()
+    assert "Paris" in second.content
+    assert second.usage.cached_tokens > france.usage.prompt_tokens // 2
 
 
-def test_gemma_chat_with_its_own_template(gemma):
+@pytest.fixture(scope="module")
+def gemma_template(vendor_dir) -> str:
+    return (vendor_dir / "models" / "templates" / GEMMA2_TEMPLATE).read_text(encoding="utf-8")
+
+
+def test_gemma_chat_with_a_given_template(gemma, gemma_template):
+    assert gemma.chat_template is None
     with gemma.new_context(n_ctx=1024) as c:
-        reply = c.chat(FRANCE, max_tokens=32, temperature=0)
-    assert "Paris" in reply.content
-    assert reply.finish_reason == "stop"
+        with pytest.raises(TemplateError, match="no chat template"):
+            c.chat(FRANCE[1:], max_tokens=4)
+        reply = c.chat(FRANCE[1:], max_tokens=16, temperature=0, template=gemma_template)
+    # (this Gemma 3 270M is the pre-trained model, not the instruction-tuned one: no answer check)
+    assert reply.usage.completion_tokens > 0 and reply.content
 
 
-def test_a_template_that_writes_bos_gets_no_second_one(gemma, smol):
+def test_a_template_that_writes_bos_gets_no_second_one(gemma, smol, gemma_template):
     bos, _, add_bos = gemma._chat_specials()
     assert add_bos and bos
-    text, add_special = render_model_chat(gemma, FRANCE)
+    text, add_special = render_model_chat(gemma, FRANCE[1:], template=gemma_template)
     assert text.startswith(bos) and add_special is False
     ids = gemma.tokenize(text, add_special=add_special, parse_special=True)
     bos_id = int(gemma.tokenize("", add_special=True)[0])
@@ -89,7 +99,8 @@ def test_explicit_template_and_template_kwargs(ctx):
     template = ("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
                 "{% if shout %}Answer in capitals.\n{% endif %}assistant:")
     text, _ = render_model_chat(ctx.model, FRANCE, template=template, template_kwargs={"shout": True})
-    assert text == "user: What is the capital of France?\nAnswer in capitals.\nassistant:"
+    assert text == ("system: You are a helpful assistant.\nuser: What is the capital of France?\n"
+                    "Answer in capitals.\nassistant:")
     reply = ctx.chat(FRANCE, template=template, template_kwargs={"shout": True}, max_tokens=4,
                      temperature=0)
     assert reply.usage.prompt_tokens == len(ctx.tokenize(text, parse_special=True))
@@ -121,14 +132,14 @@ def test_bad_messages(ctx, france, messages, exc, match):
     assert ctx.chat(FRANCE, max_tokens=48, temperature=0).content == france.content
 
 
-def test_roles_the_template_rejects(gemma):
+def test_roles_the_template_rejects(gemma, gemma_template):
     with gemma.new_context(n_ctx=512) as c:
-        # Gemma's template insists on alternating user/model turns.
-        with pytest.raises(TemplateError, match="alternate"):
-            c.chat([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], max_tokens=4)
-        with pytest.raises(TemplateError):
-            c.chat([{"role": "narrator", "content": "a"}], max_tokens=4)
-        assert "Paris" in c.chat(FRANCE, max_tokens=32, temperature=0).content
+        # Gemma's template insists on alternating user/model turns and has no system role.
+        for messages in ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+                         FRANCE):
+            with pytest.raises(TemplateError, match="alternate|[Ss]ystem"):
+                c.chat(messages, max_tokens=4, template=gemma_template)
+        assert c.chat(FRANCE[1:], max_tokens=4, temperature=0, template=gemma_template).content
 
 
 def test_bad_options(ctx, france):
