@@ -137,7 +137,7 @@ def test_roles_the_template_rejects(gemma, gemma_template):
         # Gemma's template insists on alternating user/model turns and has no system role.
         for messages in ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
                          FRANCE):
-            with pytest.raises(TemplateError, match="alternate|[Ss]ystem"):
+            with pytest.raises(TemplateError, match=r"alternate|[Ss]ystem"):
                 c.chat(messages, max_tokens=4, template=gemma_template)
         assert c.chat(FRANCE[1:], max_tokens=4, temperature=0, template=gemma_template).content
 
@@ -153,7 +153,7 @@ def test_bad_options(ctx, france):
         ctx.chat(FRANCE, template_kwargs=["x"])
     with pytest.raises(ValueError, match="messages"):
         ctx.chat(FRANCE, template_kwargs={"messages": []})
-    with pytest.raises(TemplateError, match="syntax|template"):
+    with pytest.raises(TemplateError, match=r"syntax|template"):
         ctx.chat(FRANCE, template="{% for %}")
     with pytest.raises(TemplateError):
         ctx.chat(FRANCE, template="{{ ''.__class__.__mro__[1].__subclasses__() }}")

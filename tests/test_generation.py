@@ -221,7 +221,6 @@ def test_pieces_are_whole_utf8_on_non_latin_text(gemma):
               "beautiful today.'<end_of_turn>\n<start_of_turn>model\n")
     with gemma.new_context(n_ctx=512) as c:
         text = c.generate(prompt, max_tokens=60, temperature=0)
-        tokens = c.last_stats.tokens
         pieces = list(c.generate_stream(prompt, max_tokens=60, temperature=0))
     assert "".join(pieces) == text
     assert "\ufffd" not in text
