@@ -455,20 +455,20 @@ cdef GenerationStream _start_generation(Context self, object prompt, bint add_sp
     cdef int32_t[::1] toks
     cdef int32_t n_prompt, n_ctx, n
     cdef size_t i, n_common
-    # parse_special: chat markers such as <|im_start|> in a prompt are tokens, as in llama.cpp's examples
-    prompt_ids = _tokenize(self.model, data, add_special, True)
-    n_prompt = prompt_ids.shape[0]
-    if n_prompt == 0:
-        raise TokenizeError("the prompt is empty (it tokenizes to no tokens)")
-    n_ctx = ll.llama_n_ctx_seq(self._ctx)
-    if n_prompt > n_ctx:
-        raise ContextSizeError(
-            f"prompt is {n_prompt} tokens, longer than the context ({n_ctx} tokens)")
-    self._enter()
+    self._enter()            # busy: ContextBusyError at once, whatever the prompt
     s.released = True        # until the stream owns the context, its dealloc hands back nothing
     s.ctx = self
     try:
         s.mark = _log_mark()
+        # parse_special: chat markers such as <|im_start|> in a prompt are tokens, as in llama.cpp's examples
+        prompt_ids = _tokenize(self.model, data, add_special, True)
+        n_prompt = prompt_ids.shape[0]
+        if n_prompt == 0:
+            raise TokenizeError("the prompt is empty (it tokenizes to no tokens)")
+        n_ctx = ll.llama_n_ctx_seq(self._ctx)
+        if n_prompt > n_ctx:
+            raise ContextSizeError(
+                f"prompt is {n_prompt} tokens, longer than the context ({n_ctx} tokens)")
         toks = prompt_ids
         s.prompt.assign(&toks[0], &toks[0] + n_prompt)
         for b in stops:

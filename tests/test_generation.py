@@ -276,7 +276,7 @@ def test_logits_of_the_last_position(smol):
 
 
 def test_long_prompt_decode_can_be_cancelled(smol):
-    text = " ".join(f"word{i}" for i in range(1500))
+    text = " ".join(f"word{i}" for i in range(600))
     with smol.new_context(n_ctx=8192, n_batch=4096, n_ubatch=512) as c:
         t0 = time.perf_counter()
         c.generate(text, max_tokens=1, temperature=0)
