@@ -44,7 +44,7 @@ from llama_cython.errors import (  # noqa: E402
     TemplateError,
     TokenizeError,
 )
-from llama_cython.stats import ChatResponse, ChatUsage, GenerationStats  # noqa: E402
+from llama_cython.stats import ChatResponse, ChatUsage, EmbeddingStats, GenerationStats  # noqa: E402
 from llama_cython.streaming import AsyncGenerationStream  # noqa: E402
 
 __version__ = "0.1.0"
@@ -61,6 +61,7 @@ __all__ = [
     "ContextError",
     "ContextSizeError",
     "DecodeError",
+    "EmbeddingStats",
     "GenerationStats",
     "GenerationStream",
     "LlamaError",

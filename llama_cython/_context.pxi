@@ -66,6 +66,8 @@ cdef class Context:
     cdef readonly int cached_tokens   # prompt tokens the last generation took from the KV cache
     cdef vector[ll.llama_token] _kv   # tokens of sequence 0 in the KV cache, in position order
     cdef bint _logits_ok              # the last decode left logits for its last position
+    cdef readonly object last_embedding_stats
+    cdef bint _embeddings
     cdef object __weakref__
 
     def __cinit__(self):
@@ -84,6 +86,8 @@ cdef class Context:
         cdef int32_t n_ctx_train = ll.llama_model_n_ctx_train(model._model)
         if model.vocab_only:
             raise ContextError("the model was loaded with vocab_only=True; it has no weights to run")
+        if n_ctx is None:
+            n_ctx = min(2048, n_ctx_train) if n_ctx_train > 0 else 2048
         _check_int(n_ctx, "n_ctx", 0, INT32_MAX)
         if n_ctx_train <= 0 and n_ctx == 0:
             raise OptionError("the model does not state its trained context length; pass n_ctx > 0")
@@ -102,6 +106,10 @@ cdef class Context:
             n_threads_batch = n_threads
         _check_int(n_threads_batch, "n_threads_batch", 1, _MAX_THREADS)
         cdef int max_seq = <int>ll.llama_max_parallel_sequences()
+        if n_parallel is None:
+            n_parallel = 1
+            if embeddings is True:
+                n_parallel = min(128, max_seq, n_batch, n_ctx if n_ctx else n_ctx_train)
         _check_int(n_parallel, "n_parallel", 1, max_seq)
         if not isinstance(kv_cache_type, str):
             raise TypeError(f"kv_cache_type must be a str, got {type(kv_cache_type).__name__}")
@@ -140,12 +148,16 @@ cdef class Context:
         p.flash_attn_type = <ll.llama_flash_attn_type>fa
         p.pooling_type = <ll.llama_pooling_type>pool
         p.embeddings = embeddings
+        # Embedding batches pack many short sequences: one KV cache for all of them (as
+        # llama.cpp's embedding example does), not n_ctx / n_parallel tokens each.
+        p.kv_unified = embeddings and n_parallel > 1
         p.no_perf = True
 
         cdef Context self = Context.__new__(Context)
         self.model = model
         self._lock = threading.Lock()
         self.prefix_caching = prefix_caching
+        self._embeddings = embeddings
         p.abort_callback = _abort_callback
         p.abort_callback_data = <void *>&self._abort
 
@@ -480,6 +492,141 @@ cdef class Context:
         return AsyncGenerationStream(self._start_chat(
             messages, template, template_kwargs, add_generation_prompt, max_tokens, stop, sampling))
 
+    # -- embeddings ---------------------------------------------------------------------------
+
+    cdef int _check_embeddings(self) except -1:
+        self._check_open()
+        if not self._embeddings:
+            raise ContextError("this context was created without embeddings=True; "
+                               "use model.new_context(embeddings=True) to get embeddings")
+        if ll.llama_pooling_type_of(self._ctx) == ll.LLAMA_POOLING_TYPE_NONE:
+            raise ContextError("this context's pooling is 'none' (one vector per token); create it "
+                               "with pooling='mean', 'cls' or 'last' for one vector per text")
+        return 0
+
+    def get_embeddings_batch(self, texts, *, normalize=True, out=None, truncate=True,
+                             progress=None, batch_tokens=None):
+        """Embed many texts: a float32 array of shape ``(len(texts), n_embd)``, rows in input order.
+
+        Texts are tokenized, sorted by length and packed into batches in C with the GIL
+        released; each text's pooled vector (pooling as the model says, or as chosen with
+        ``new_context(pooling=...)``) is written straight into its row, L2-normalised when
+        ``normalize`` is true.
+
+        Parameters
+        ----------
+        texts : sequence of str
+            A list, tuple, numpy array of str, or any iterable of str. An empty sequence gives
+            a ``(0, n_embd)`` array. A text with no tokens (an empty string on a model that
+            adds no special tokens) gets a row of zeros.
+        normalize : bool
+            L2-normalise each row (cosine similarity is then a dot product).
+        out : numpy.ndarray, optional
+            A C-contiguous, writeable float32 array of shape ``(len(texts), n_embd)`` to fill
+            in place (and return).
+        truncate : bool
+            Cut texts longer than the context can embed in one batch (and the model's trained
+            length) to that many tokens; ``ctx.last_embedding_stats.truncated`` counts them.
+            With ``False`` such a text raises :class:`ContextSizeError` naming its index.
+        progress : callable or bool, optional
+            ``progress(n)`` is called after each decoded batch with the number of texts it
+            embedded (returning ``False`` stops with :class:`DecodeError`); ``True`` shows a
+            tqdm bar.
+        batch_tokens : int, optional
+            Most tokens per decode (default: 512, and at most the context's ``n_ubatch``).
+
+        >>> ctx = model.new_context(embeddings=True)                      # doctest: +SKIP
+        >>> vectors = ctx.get_embeddings_batch(["a cat", "a dog", "a car"])  # doctest: +SKIP
+        >>> vectors.shape, float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2])  # doctest: +SKIP
+        ((3, 384), True)
+        """
+        cdef int32_t budget
+        cdef float[:, ::1] view
+        self._check_embeddings()
+        normalize = _check_bool(normalize, "normalize")
+        truncate = _check_bool(truncate, "truncate")
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("texts must be a sequence of str, not a single text; "
+                            "use get_embeddings(text) for one")
+        if isinstance(texts, tuple):
+            items = texts
+        else:
+            try:
+                items = tuple(texts)
+            except TypeError:
+                raise TypeError(f"texts must be a sequence of str, got {type(texts).__name__}") from None
+        n = len(items)
+        d = ll.llama_model_n_embd_out(self.model._model)
+        n_ubatch = ll.llama_n_ubatch(self._ctx)
+        if batch_tokens is None:
+            budget = min(_EMBED_BATCH_TOKENS, n_ubatch)
+        else:
+            _check_int(batch_tokens, "batch_tokens", 1, n_ubatch)
+            budget = batch_tokens
+        if out is None:
+            result = np.empty((n, d), dtype=np.float32)
+        else:
+            if not isinstance(out, np.ndarray):
+                raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
+            if out.dtype != np.float32:
+                raise TypeError(f"out must have dtype float32, got {out.dtype}")
+            if out.shape != (n, d):
+                raise ValueError(f"out must have shape {(n, d)}, got {out.shape}")
+            if not out.flags.c_contiguous or not out.flags.writeable:
+                raise ValueError("out must be C-contiguous and writeable")
+            result = out
+        bar = None
+        if progress is True:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                raise ImportError("progress=True needs tqdm (pip install tqdm); "
+                                  "or pass a callable") from None
+            bar = tqdm(total=n, unit="text")
+            progress = bar.update
+        elif progress is False:
+            progress = None
+        elif progress is not None and not callable(progress):
+            raise TypeError(f"progress must be callable or a bool, got {type(progress).__name__}")
+        if n == 0:
+            return result
+        view = result
+        self._enter()
+        t0 = ll.llama_time_us()
+        try:
+            tokens, truncated, batches = _embed_into(self, items, view, normalize, truncate,
+                                                     progress, budget)
+        finally:
+            self._leave()
+            if bar is not None:
+                bar.close()
+            _drain_log()
+        self.last_embedding_stats = EmbeddingStats(
+            texts=n, tokens=tokens, truncated=truncated, batches=batches,
+            ms=(ll.llama_time_us() - t0) / 1000.0)
+        return result
+
+    def get_embeddings(self, text, *, normalize=True, truncate=True):
+        """The embedding of one text: a float32 array of shape ``(n_embd,)``."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        return self.get_embeddings_batch((text,), normalize=normalize, truncate=truncate)[0]
+
+    def iter_embeddings(self, texts, *, chunk_size=1024, normalize=True, truncate=True):
+        """Embed an iterable of texts of any length, chunk by chunk, for pipelines.
+
+        Yields float32 arrays of shape ``(chunk_size, n_embd)`` (the last one may be shorter),
+        in input order, holding only one chunk of texts and vectors at a time.
+
+        >>> for block in ctx.iter_embeddings(open("corpus.txt"), chunk_size=4096):  # doctest: +SKIP
+        ...     sink.write(block)
+        """
+        self._check_embeddings()
+        _check_int(chunk_size, "chunk_size", 1, INT32_MAX)
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("texts must be an iterable of str, not a single text")
+        return _iter_embeddings(self, iter(texts), chunk_size, normalize, truncate)
+
     # -- state ------------------------------------------------------------------------------
 
     def get_logits(self):
@@ -536,3 +683,14 @@ cdef _drive_callback(GenerationStream stream, object callback):
                 break
     finally:
         stream.close()
+
+
+def _iter_embeddings(Context ctx, object it, int chunk_size, object normalize, object truncate):
+    chunk = []
+    for text in it:
+        chunk.append(text)
+        if len(chunk) == chunk_size:
+            yield ctx.get_embeddings_batch(chunk, normalize=normalize, truncate=truncate)
+            chunk = []
+    if chunk:
+        yield ctx.get_embeddings_batch(chunk, normalize=normalize, truncate=truncate)

@@ -11,7 +11,7 @@ import numpy.typing as npt
 from typing_extensions import Self, Unpack
 
 from llama_cython.chat import ChatMessage
-from llama_cython.stats import ChatResponse, GenerationStats
+from llama_cython.stats import ChatResponse, EmbeddingStats, GenerationStats
 from llama_cython.streaming import AsyncGenerationStream
 
 _Path: TypeAlias = str | bytes | os.PathLike[str] | os.PathLike[bytes]
@@ -110,7 +110,7 @@ class Model:
     def new_context(
         self,
         *,
-        n_ctx: int = 2048,
+        n_ctx: int | None = None,
         n_batch: int = 512,
         n_ubatch: int | None = None,
         n_threads: int | None = None,
@@ -119,7 +119,7 @@ class Model:
         flash_attn: FlashAttn = "auto",
         embeddings: bool = False,
         pooling: Pooling = None,
-        n_parallel: int = 1,
+        n_parallel: int | None = None,
         prefix_caching: bool = True,
     ) -> Context: ...
 
@@ -201,6 +201,25 @@ class Context:
         template: str | None = None, template_kwargs: Mapping[str, Any] | None = None,
         add_generation_prompt: bool = True, **sampling: Unpack[SamplingOptions],
     ) -> AsyncGenerationStream: ...
+    @property
+    def last_embedding_stats(self) -> EmbeddingStats | None: ...
+    def get_embeddings_batch(
+        self,
+        texts: Iterable[str],
+        *,
+        normalize: bool = True,
+        out: npt.NDArray[np.float32] | None = None,
+        truncate: bool = True,
+        progress: Callable[[int], bool | None] | bool | None = None,
+        batch_tokens: int | None = None,
+    ) -> npt.NDArray[np.float32]: ...
+    def get_embeddings(
+        self, text: str, *, normalize: bool = True, truncate: bool = True
+    ) -> npt.NDArray[np.float32]: ...
+    def iter_embeddings(
+        self, texts: Iterable[str], *, chunk_size: int = 1024, normalize: bool = True,
+        truncate: bool = True,
+    ) -> Iterator[npt.NDArray[np.float32]]: ...
     def get_logits(self) -> npt.NDArray[np.float32]: ...
     def clear_cache(self) -> None: ...
     def cancel(self) -> None: ...

@@ -13,6 +13,7 @@ This file is the table of contents; each part is one ``.pxi`` with one responsib
 ``_context.pxi``      ``Context`` (KV cache, options read back from llama.cpp)
 ``_sampler.pxi``      sampler chains, always ending in a selecting sampler
 ``_generate.pxi``     the decode-sample-accept loop, run without the GIL
+``_embed.pxi``        batch embeddings: tokenize, pack, decode, pool into (N, D) arrays
 ====================  =========================================================
 
 Users import :mod:`llama_cython`, not this module.
@@ -21,9 +22,9 @@ Users import :mod:`llama_cython`, not this module.
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.math cimport INFINITY, isfinite
+from libc.math cimport INFINITY, isfinite, sqrt
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, INT32_MAX, INT32_MIN
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from libcpp cimport bool as cppbool
 from libcpp.deque cimport deque
 from libcpp.mutex cimport mutex
@@ -56,7 +57,7 @@ from llama_cython.errors import (
     OptionError,
     TokenizeError,
 )
-from llama_cython.stats import ChatResponse, ChatUsage, GenerationStats
+from llama_cython.stats import ChatResponse, ChatUsage, EmbeddingStats, GenerationStats
 
 include "_log.pxi"
 include "_errors.pxi"
@@ -65,6 +66,7 @@ include "_tokens.pxi"
 include "_context.pxi"
 include "_sampler.pxi"
 include "_generate.pxi"
+include "_embed.pxi"
 
 
 # Process-wide setup, once, at import: the log callback first so that nothing reaches stderr,

@@ -555,9 +555,9 @@ cdef class Model:
 
     # -- contexts ---------------------------------------------------------------------------
 
-    def new_context(self, *, n_ctx=2048, n_batch=512, n_ubatch=None, n_threads=None,
+    def new_context(self, *, n_ctx=None, n_batch=512, n_ubatch=None, n_threads=None,
                     n_threads_batch=None, kv_cache_type="f16", flash_attn="auto",
-                    embeddings=False, pooling=None, n_parallel=1, prefix_caching=True):
+                    embeddings=False, pooling=None, n_parallel=None, prefix_caching=True):
         """Create a :class:`Context` (a KV cache and the state of one conversation).
 
         Every option is checked here and read back from llama.cpp afterwards: the context's
@@ -565,9 +565,10 @@ cdef class Model:
 
         Parameters
         ----------
-        n_ctx : int
+        n_ctx : int, optional
             Tokens the context holds (prompt + generated), at most :attr:`n_ctx_train`;
-            ``0`` means :attr:`n_ctx_train`. llama.cpp rounds it up to a multiple of 256.
+            ``0`` means :attr:`n_ctx_train`, ``None`` (the default) 2048 or the model's
+            maximum if that is smaller. llama.cpp rounds it up to a multiple of 256.
         n_batch : int
             Most tokens submitted to one decode call (prompts are fed in chunks of this size).
         n_ubatch : int, optional
@@ -583,8 +584,9 @@ cdef class Model:
             Make the context return embeddings instead of logits.
         pooling : {None, "none", "mean", "cls", "last", "rank"}
             How embeddings are pooled per sequence; ``None`` uses the model's own setting.
-        n_parallel : int
-            Number of sequences the context can hold at once (1 to 256).
+        n_parallel : int, optional
+            Number of sequences the context can hold at once (1 to 256). Default: 1, or for an
+            ``embeddings=True`` context up to 128 (as many texts as one batch may pack).
         prefix_caching : bool
             Reuse the KV cache of the longest common prompt prefix between calls.
         """

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["ChatResponse", "ChatUsage", "GenerationStats"]
+__all__ = ["ChatResponse", "ChatUsage", "EmbeddingStats", "GenerationStats"]
 
 
 @dataclass(frozen=True)
@@ -64,3 +64,18 @@ class ChatResponse:
     finish_reason: str
     usage: ChatUsage
     stats: GenerationStats = field(repr=False)
+
+
+@dataclass(frozen=True)
+class EmbeddingStats:
+    """What the last ``get_embeddings_batch`` on a context did."""
+
+    texts: int
+    tokens: int
+    truncated: int
+    batches: int
+    ms: float
+
+    @property
+    def texts_per_second(self) -> float:
+        return self.texts * 1000.0 / self.ms if self.ms > 0 else 0.0

@@ -176,6 +176,8 @@ cdef extern from "llama.h" nogil:
     void llama_set_abort_callback(llama_context * ctx, ggml_abort_callback abort_callback, void * abort_callback_data)
     float * llama_get_logits_ith(llama_context * ctx, int32_t i)
     float * llama_get_embeddings(llama_context * ctx)
+    float * llama_get_embeddings_seq(llama_context * ctx, llama_seq_id seq_id)
+    float * llama_get_embeddings_ith(llama_context * ctx, int32_t i)
     llama_perf_context_data llama_perf_context(const llama_context * ctx)
     void llama_perf_context_reset(llama_context * ctx)
 

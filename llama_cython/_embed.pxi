@@ -1,0 +1,206 @@
+# Batch embeddings: many texts in, one (N, D) float32 array out.
+#
+# Python is touched once per text only to borrow the UTF-8 buffer every str already caches
+# (PyUnicode_AsUTF8AndSize, no new object); after that everything runs in C without the GIL:
+# tokenize all texts into one flat array, sort them by length, pack sequences into batches up
+# to the token budget and the sequence limit, decode, and write each sequence's pooled vector
+# (L2-normalised on request) straight into its row of the output.
+#
+# llama.cpp's limits that would abort the process are respected here (llama-cpp-api-map.md
+# 2.1 and 4A): a batch never holds more tokens than one ubatch (non-causal models compute a
+# batch in a single ubatch, and pooled MEAN/CLS values are per ubatch), nor more sequences than
+# the context was created for.
+
+cdef extern from "Python.h":
+    const char * PyUnicode_AsUTF8AndSize(object text, Py_ssize_t * size) except NULL
+
+cdef extern from "<algorithm>" namespace "std" nogil:
+    void std_sort "std::sort"[Iter](Iter first, Iter last)
+
+# Default token budget of one decode for embeddings. Attention over a packed batch costs the
+# square of its tokens on the CPU, so past a few hundred tokens bigger batches are slower.
+_EMBED_BATCH_TOKENS = 512
+
+
+cdef class _TextBuffers:
+    """Borrowed UTF-8 buffers of a tuple of str, kept valid by holding the tuple."""
+
+    cdef tuple texts
+    cdef vector[const char *] ptrs
+    cdef vector[int32_t] sizes
+
+    def __cinit__(self, tuple texts):
+        cdef Py_ssize_t i, n = len(texts), size
+        self.texts = texts
+        self.ptrs.resize(n)
+        self.sizes.resize(n)
+        for i in range(n):
+            t = texts[i]
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] must be a str, got {type(t).__name__}")
+            try:
+                self.ptrs[i] = PyUnicode_AsUTF8AndSize(t, &size)
+            except UnicodeEncodeError as exc:
+                raise TokenizeError(f"texts[{i}] is not valid text: {exc}") from None
+            if size > INT32_MAX // 2:
+                raise TokenizeError(f"texts[{i}] is too long ({size} bytes)")
+            self.sizes[i] = <int32_t>size
+
+
+cdef int _tokenize_all(const ll.llama_vocab * vocab, const vector[const char *] * ptrs,
+                       const vector[int32_t] * sizes, int32_t max_len,
+                       bint truncate, bint keep_last, vector[ll.llama_token] * toks,
+                       vector[int64_t] * offs, int64_t * n_truncated,
+                       Py_ssize_t * too_long) except -1 nogil:
+    """Tokenize every text into ``toks``; text i is toks[offs[i]:offs[i+1]].
+
+    A text longer than ``max_len`` is cut (keeping its last token when ``keep_last``: the
+    SEP/EOS the tokenizer appended) or, without ``truncate``, reported in ``too_long``.
+    """
+    cdef Py_ssize_t i, n = ptrs.size()
+    cdef int64_t at = 0
+    cdef int32_t cap, k
+    offs.resize(n + 1)
+    offs[0][0] = 0
+    for i in range(n):
+        cap = sizes[0][i] + 8
+        if <int64_t>toks.size() < at + cap:
+            toks.resize(at + cap + (at >> 1))
+        k = ll.llama_tokenize(vocab, ptrs[0][i], sizes[0][i], toks.data() + at, cap, True, False)
+        if k < 0:
+            toks.resize(at - k)
+            k = ll.llama_tokenize(vocab, ptrs[0][i], sizes[0][i], toks.data() + at, -k, True, False)
+        if k > max_len:
+            if not truncate:
+                too_long[0] = i
+                return 0
+            if keep_last:
+                toks[0][at + max_len - 1] = toks[0][at + k - 1]
+            k = max_len
+            n_truncated[0] += 1
+        at += k
+        offs[0][i + 1] = at
+    return 0
+
+
+cdef inline void _write_row(const float * src, float * dst, int32_t d, bint normalize) noexcept nogil:
+    cdef int32_t j
+    cdef double ss = 0.0
+    cdef float scale = 1.0
+    if normalize:
+        for j in range(d):
+            ss += <double>src[j] * src[j]
+        scale = <float>(1.0 / sqrt(ss)) if ss > 0.0 else 0.0
+    for j in range(d):
+        dst[j] = src[j] * scale
+
+
+cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint normalize,
+                        bint truncate, object progress, int32_t budget):
+    """Embed ``texts`` into the rows of ``out``; returns (tokens, truncated, batches)."""
+    cdef const ll.llama_vocab * vocab = self.model._vocab
+    cdef ll.llama_context * ctx = self._ctx
+    cdef ll.llama_batch_ext * batch = self._batch
+    cdef ll.llama_memory_t mem = ll.llama_get_memory(ctx)
+    cdef Py_ssize_t n = len(texts), i, pos = 0, too_long = -1
+    cdef int32_t d = out.shape[1], n_seq_max = ll.llama_n_seq_max(ctx)
+    cdef int32_t max_len = budget
+    cdef int32_t n_train = ll.llama_model_n_ctx_train(self.model._model)
+    cdef int32_t n_seq, n_tok, L, j, k, rc = 0
+    cdef int64_t n_truncated = 0, n_batches = 0, start
+    cdef ll.llama_pos p
+    cdef const float * src
+    cdef bint keep_last = (ll.llama_vocab_get_add_eos(vocab) or ll.llama_vocab_get_add_sep(vocab))
+    cdef vector[ll.llama_token] toks
+    cdef vector[int64_t] offs
+    cdef vector[pair[int32_t, int32_t]] order
+    cdef vector[int32_t] rows
+    cdef bint failed = False, cancelled = False, stop_asked = False
+    cdef bint has_progress = progress is not None
+    cdef int64_t mark = _log_mark()
+    if 0 < n_train < max_len:
+        max_len = n_train
+    _check_specials(self.model, True)
+    cdef _TextBuffers buf = _TextBuffers(texts)
+    rows.resize(n_seq_max)
+    with nogil:
+        _tokenize_all(vocab, &buf.ptrs, &buf.sizes, max_len, truncate, keep_last, &toks, &offs,
+                      &n_truncated, &too_long)
+    if too_long >= 0:
+        raise ContextSizeError(
+            f"texts[{too_long}] is longer than {max_len} tokens, the most one batch of this context "
+            f"(and the model) can embed; pass truncate=True to cut it")
+    order.resize(n)
+    for i in range(n):
+        order[i].first = <int32_t>(offs[i + 1] - offs[i])
+        order[i].second = <int32_t>i
+    with nogil:
+        std_sort(order.begin(), order.end())
+        # Texts with no tokens (an empty string on a model that adds no special tokens) have
+        # no embedding: their rows are zeros.
+        while pos < n and order[pos].first == 0:
+            memset(&out[order[pos].second, 0], 0, d * sizeof(float))
+            pos += 1
+    while pos < n:
+        with nogil:
+            while pos < n:
+                if self._abort:
+                    cancelled = True
+                    break
+                ll.llama_memory_clear(mem, True)       # a no-op (NULL) for memory-less models
+                ll.llama_batch_ext_clear(batch)
+                n_seq = 0
+                n_tok = 0
+                while pos < n and n_seq < n_seq_max:
+                    L = order[pos].first
+                    if n_tok + L > budget:
+                        break
+                    start = offs[order[pos].second]
+                    for j in range(L):
+                        k = ll.llama_batch_ext_add_token(batch, n_seq, toks[start + j])
+                        if k < 0:
+                            break
+                        p = j
+                        ll.llama_batch_ext_set_pos(batch, k, &p)
+                    if k < 0:
+                        rc = -1
+                        failed = True
+                        break
+                    rows[n_seq] = order[pos].second
+                    n_seq += 1
+                    n_tok += L
+                    pos += 1
+                if failed:
+                    break
+                rc = ll.llama_process(ctx, ll.LLAMA_PROCESS_TYPE_DECODE, batch)
+                if rc != 0:
+                    failed = True
+                    break
+                for j in range(n_seq):
+                    src = ll.llama_get_embeddings_seq(ctx, j)
+                    if src == NULL:
+                        rc = -3
+                        failed = True
+                        break
+                    _write_row(src, &out[rows[j], 0], d, normalize)
+                if failed:
+                    break
+                n_batches += 1
+                if has_progress:
+                    break          # to Python for the progress callback, then on
+        if failed or cancelled:
+            break
+        if has_progress and pos <= n:
+            if progress(n_seq) is False:
+                stop_asked = True
+                break
+    self._kv.clear()           # the KV cache held embedding batches: no prefix to reuse
+    self._logits_ok = False
+    if failed:
+        if rc == -3:
+            raise ContextError("llama.cpp returned no pooled embedding; the context's pooling is "
+                               f"{self.pooling!r}")
+        raise _decode_error(rc, "get_embeddings_batch", self.n_ctx, mark)
+    if cancelled or stop_asked:
+        raise _decode_error(2, "get_embeddings_batch", self.n_ctx, mark)
+    return offs[n], n_truncated, n_batches
