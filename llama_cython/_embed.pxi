@@ -120,6 +120,11 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
     cdef int64_t mark = _log_mark()
     if 0 < n_train < max_len:
         max_len = n_train
+    if ll.llama_model_n_swa(self.model._model) > 0:
+        # Measured on Gemma 3 (this llama.cpp): with sliding-window layers, a sequence's pooled
+        # vector changes with the other sequences packed beside it (by up to 0.007 on unit
+        # vectors; SmolLM2 shows none). Until that is understood, one sequence per decode.
+        n_seq_max = 1
     _check_specials(self.model, True)
     cdef _TextBuffers buf = _TextBuffers(texts)
     rows.resize(n_seq_max)
@@ -162,6 +167,7 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
                             break
                         p = j
                         ll.llama_batch_ext_set_pos(batch, k, &p)
+                        ll.llama_batch_ext_set_output_logits(batch, k, True)   # pooling reads every token
                     if k < 0:
                         rc = -1
                         failed = True

@@ -1,0 +1,268 @@
+"""Batch embeddings: agreement with sentence-transformers, batch == one by one whatever the
+packing, numpy in and out, bounded memory, and clear errors that leave the context usable."""
+
+from __future__ import annotations
+
+import json
+import resource
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import llama_cython as llama
+from llama_cython import ContextError, ContextSizeError, DecodeError, EmbeddingStats
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    model = llama.load_model(llama.models.model_path("all-minilm-l6-v2"))
+    yield model
+
+
+@pytest.fixture(scope="module")
+def ctx(minilm):
+    with minilm.new_context(embeddings=True, n_threads=2) as context:
+        yield context
+
+
+@pytest.fixture(scope="module")
+def sentences() -> list[str]:
+    return json.loads((DATA / "embedding_sentences.json").read_text(encoding="utf-8"))
+
+
+# -- against what we did not write ----------------------------------------------------------------
+
+
+def test_matches_sentence_transformers(ctx, sentences):
+    reference = np.load(DATA / "embedding_reference.npy")
+    assert reference.shape == (len(sentences), 384) and len(sentences) >= 500
+    ours = ctx.get_embeddings_batch(sentences)
+    assert ours.dtype == np.float32 and ours.shape == reference.shape
+    cos = np.sum(ours * reference, axis=1)            # both L2-normalised
+    worst = int(np.argmin(cos))
+    assert cos.min() >= 0.999, (worst, float(cos[worst]), sentences[worst][:80])
+    assert ctx.last_embedding_stats.truncated == 0
+
+
+# -- batch == one by one -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_by_one(ctx, sentences) -> np.ndarray:
+    subset = sentences[::5]
+    return np.stack([ctx.get_embeddings(t) for t in subset])
+
+
+@pytest.mark.parametrize("batch_tokens", [None, 64, 128, 512])
+def test_batch_equals_one_by_one(ctx, sentences, one_by_one, batch_tokens):
+    subset = sentences[::5]
+    batch = ctx.get_embeddings_batch(subset, batch_tokens=batch_tokens)
+    assert np.abs(batch - one_by_one).max() <= 1e-5
+
+
+def test_order_does_not_matter(ctx, sentences, one_by_one):
+    subset = sentences[::5]
+    perm = np.random.default_rng(7).permutation(len(subset))
+    shuffled = ctx.get_embeddings_batch([subset[i] for i in perm])
+    assert np.abs(shuffled - one_by_one[perm]).max() <= 1e-5
+
+
+def test_unnormalised_rows(ctx, sentences):
+    raw = ctx.get_embeddings_batch(sentences[:20], normalize=False)
+    unit = ctx.get_embeddings_batch(sentences[:20])
+    norms = np.linalg.norm(raw, axis=1)
+    assert not np.allclose(norms, 1.0)
+    np.testing.assert_allclose(raw / norms[:, None], unit, atol=1e-6)
+
+
+# -- inputs and outputs ------------------------------------------------------------------------------
+
+
+def test_sequence_types(ctx, sentences):
+    texts = sentences[:7]
+    ref = ctx.get_embeddings_batch(texts)
+    for form in (tuple(texts), np.array(texts), (t for t in texts), iter(texts)):
+        np.testing.assert_array_equal(ctx.get_embeddings_batch(form), ref)
+    empty = ctx.get_embeddings_batch([])
+    assert empty.shape == (0, 384) and empty.dtype == np.float32
+
+
+def test_out_is_filled_in_place(ctx, sentences):
+    out = np.full((10, 384), np.nan, dtype=np.float32)
+    got = ctx.get_embeddings_batch(sentences[:10], out=out)
+    assert got is out
+    np.testing.assert_array_equal(out, ctx.get_embeddings_batch(sentences[:10]))
+
+
+@pytest.mark.parametrize(
+    ("out", "exc"),
+    [
+        (np.zeros((3, 384), dtype=np.float64), TypeError),
+        (np.zeros((4, 384), dtype=np.float32), ValueError),
+        (np.zeros((3, 383), dtype=np.float32), ValueError),
+        (np.zeros((384, 3), dtype=np.float32).T, ValueError),
+        (np.zeros((3, 768), dtype=np.float32)[:, ::2], ValueError),
+        ([[0.0] * 384] * 3, TypeError),
+    ],
+)
+def test_bad_out(ctx, out, exc):
+    with pytest.raises(exc, match="out"):
+        ctx.get_embeddings_batch(["a", "b", "c"], out=out)
+    assert ctx.get_embeddings("still works").shape == (384,)
+
+
+def test_read_only_out(ctx):
+    out = np.zeros((1, 384), dtype=np.float32)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        ctx.get_embeddings_batch(["a"], out=out)
+
+
+def test_non_str_items_name_their_index(ctx):
+    with pytest.raises(TypeError, match=r"texts\[2\]"):
+        ctx.get_embeddings_batch(["a", "b", 3, "d"])
+    with pytest.raises(TypeError, match=r"texts\[0\]"):
+        ctx.get_embeddings_batch([b"bytes"])
+    with pytest.raises(TypeError, match="single text"):
+        ctx.get_embeddings_batch("a str is not a list")
+    with pytest.raises(TypeError):
+        ctx.get_embeddings_batch(42)
+    with pytest.raises(TypeError):
+        ctx.get_embeddings(["a list"])
+    assert ctx.get_embeddings("still works").shape == (384,)
+
+
+def test_empty_string_is_embedded_like_any_text(ctx):
+    # BERT's tokenizer adds [CLS] and [SEP]: "" has two tokens and a (well-defined) vector.
+    vec = ctx.get_embeddings("")
+    assert vec.shape == (384,) and np.isfinite(vec).all()
+    np.testing.assert_allclose(np.linalg.norm(vec), 1.0, rtol=1e-5)
+    rows = ctx.get_embeddings_batch(["", "x", ""])
+    np.testing.assert_allclose(rows[0], vec, atol=1e-5)
+    np.testing.assert_array_equal(rows[0], rows[2])
+
+
+def test_context_without_embeddings(minilm, smol):
+    with smol.new_context(n_ctx=256) as c:
+        with pytest.raises(ContextError, match="embeddings=True"):
+            c.get_embeddings_batch(["a"])
+        with pytest.raises(ContextError, match="embeddings=True"):
+            c.get_embeddings("a")
+        assert c.generate("Hi", max_tokens=2, temperature=0)
+    with minilm.new_context(embeddings=True) as e, pytest.raises(ContextError, match="embeddings"):
+        e.generate("Hi")
+
+
+def test_closed_context(minilm):
+    c = minilm.new_context(embeddings=True)
+    c.close()
+    with pytest.raises(llama.ClosedError):
+        c.get_embeddings_batch(["a"])
+
+
+# -- long texts ------------------------------------------------------------------------------------------
+
+
+def test_truncation(ctx, minilm):
+    long_text = "word " * 2000
+    n_tokens = len(minilm.tokenize(long_text))
+    assert n_tokens > 512
+    rows = ctx.get_embeddings_batch(["short", long_text, "short"])
+    assert ctx.last_embedding_stats.truncated == 1
+    assert np.isfinite(rows).all()
+    # the cut text equals its own first 512 tokens, ending in [SEP] as the tokenizer would
+    cut = minilm.detokenize(minilm.tokenize(long_text)[1:511])
+    np.testing.assert_allclose(rows[1], ctx.get_embeddings(cut), atol=1e-4)
+    with pytest.raises(ContextSizeError, match=r"texts\[1\]"):
+        ctx.get_embeddings_batch(["short", long_text], truncate=False)
+    assert ctx.get_embeddings("still works").shape == (384,)
+
+
+# -- progress, stats, cancel ------------------------------------------------------------------------------
+
+
+def test_progress_and_stats(ctx, sentences):
+    calls: list[int] = []
+    ctx.get_embeddings_batch(sentences, progress=calls.append, batch_tokens=128)
+    stats = ctx.last_embedding_stats
+    assert isinstance(stats, EmbeddingStats)
+    assert sum(calls) == len(sentences) == stats.texts
+    assert len(calls) == stats.batches > 1
+    assert stats.tokens > len(sentences) and stats.texts_per_second > 0
+    with pytest.raises(DecodeError):
+        ctx.get_embeddings_batch(sentences, progress=lambda n: False)
+    with pytest.raises(TypeError, match="progress"):
+        ctx.get_embeddings_batch(sentences, progress="yes")
+    assert ctx.get_embeddings("still works").shape == (384,)
+
+
+def test_bad_batch_tokens(ctx):
+    for bad in (0, -1, 10**9):
+        with pytest.raises(llama.OptionError, match="batch_tokens"):
+            ctx.get_embeddings_batch(["a"], batch_tokens=bad)
+
+
+# -- pipelines ----------------------------------------------------------------------------------------------
+
+
+def test_iter_embeddings_chunks_in_order(ctx, sentences):
+    blocks = list(ctx.iter_embeddings(iter(sentences[:250]), chunk_size=100))
+    assert [b.shape[0] for b in blocks] == [100, 100, 50]
+    np.testing.assert_allclose(np.concatenate(blocks), ctx.get_embeddings_batch(sentences[:250]),
+                               atol=1e-5)
+
+
+def test_iter_embeddings_memory_is_bounded(ctx):
+    """100,000 short texts through iter_embeddings: peak RSS grows by at most 64 MiB."""
+    words = ["river", "stone", "light", "paper", "green", "quiet", "market", "winter", "song"]
+
+    def corpus(n: int):
+        for i in range(n):
+            yield f"{words[i % 9]} {words[(i // 9) % 9]} {words[(i // 81) % 9]} number {i}"
+
+    for _ in ctx.iter_embeddings(corpus(2_000), chunk_size=1_000):   # warm up allocators
+        pass
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss        # KiB
+    total = 0
+    checksum = 0.0
+    for block in ctx.iter_embeddings(corpus(100_000), chunk_size=1_000):
+        total += block.shape[0]
+        checksum += float(block[:, 0].sum())
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
+    assert total == 100_000 and np.isfinite(checksum)
+    assert grown < 64 * 1024, f"peak RSS grew by {grown / 1024:.1f} MiB"
+
+
+# -- decoder models and threads ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "pooling"), [("smol", "mean"), ("smol", "last"), ("gemma", "mean")])
+def test_decoder_models(request, name, pooling):
+    model = request.getfixturevalue(name)
+    texts = ["The cat sat on the mat.", "A dog barked.", "Stock markets fell sharply today.", "x"]
+    with model.new_context(embeddings=True, pooling=pooling, n_ctx=512) as c:
+        assert c.pooling == pooling
+        batch = c.get_embeddings_batch(texts)
+        single = np.stack([c.get_embeddings(t) for t in texts])
+    assert batch.shape == (4, model.n_embd_out)
+    np.testing.assert_allclose(batch, single, atol=1e-4)
+
+
+def test_two_contexts_in_two_threads(minilm, sentences):
+    with minilm.new_context(embeddings=True, n_threads=1) as a, \
+            minilm.new_context(embeddings=True, n_threads=1) as b:
+        ref_a = a.get_embeddings_batch(sentences[:100])
+        ref_b = b.get_embeddings_batch(sentences[100:200])
+        results: dict[str, np.ndarray] = {}
+        ta = threading.Thread(target=lambda: results.update(a=a.get_embeddings_batch(sentences[:100])))
+        tb = threading.Thread(target=lambda: results.update(b=b.get_embeddings_batch(sentences[100:200])))
+        ta.start()
+        tb.start()
+        ta.join()
+        tb.join()
+    np.testing.assert_array_equal(results["a"], ref_a)
+    np.testing.assert_array_equal(results["b"], ref_b)
