@@ -104,7 +104,7 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
     cdef ll.llama_memory_t mem = ll.llama_get_memory(ctx)
     cdef Py_ssize_t n = len(texts), i, pos = 0, too_long = -1
     cdef int32_t d = out.shape[1], n_seq_max = ll.llama_n_seq_max(ctx)
-    cdef int32_t max_len = budget
+    cdef int32_t max_len = ll.llama_n_ubatch(self._ctx)   # a text must fit one ubatch
     cdef int32_t n_train = ll.llama_model_n_ctx_train(self.model._model)
     cdef int32_t n_seq, n_tok, L, j, k, rc = 0
     cdef int64_t n_truncated = 0, n_batches = 0, start
@@ -158,8 +158,8 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
                 n_tok = 0
                 while pos < n and n_seq < n_seq_max:
                     L = order[pos].first
-                    if n_tok + L > budget:
-                        break
+                    if n_seq > 0 and n_tok + L > budget:
+                        break      # the budget is a target; a longer text gets a batch alone
                     start = offs[order[pos].second]
                     for j in range(L):
                         k = ll.llama_batch_ext_add_token(batch, n_seq, toks[start + j])

@@ -15,7 +15,11 @@ GGUF it writes is then checked against the pinned sha256 like any other model
 (the conversion is byte-for-byte reproducible for a given llama.cpp, torch and
 transformers).  The converter needs torch, which is no dependency of this
 package: it runs in a virtual environment of its own, ``convert-venv`` in the
-cache folder, created on first use with exact pins (about 1 GB, reused after).
+cache folder, created on first use with exact pins (about 1 GB, reused after;
+about 40 s when the wheels are at hand).  pip's own configuration applies to
+that install (``PIP_INDEX_URL``, ``PIP_EXTRA_INDEX_URL``, ``PIP_FIND_LINKS``,
+pip.conf): on Linux, PyPI's torch is the CUDA build with several GB of
+``nvidia-*`` wheels, so point pip at a CPU-only torch index where that matters.
 The converter comes from the llama.cpp the package is built from
 (``scripts/fetch_llama_cpp.py`` in a checkout, or ``$LLAMA_CPP_DIR``); another
 llama.cpp version may write different bytes and so fail the sha256 check.

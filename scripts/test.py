@@ -16,7 +16,10 @@ import _bootstrap
 
 
 def main() -> None:
-    python = _bootstrap.ensure(models=("smollm2-135m-instruct", "gemma-3-270m"))
+    # all-minilm-l6-v2(-f32) are converted to GGUF on first use: about a minute, in a venv with torch
+    python = _bootstrap.ensure(models=(
+        "smollm2-135m-instruct", "gemma-3-270m", "all-minilm-l6-v2", "all-minilm-l6-v2-f32",
+    ))
     os.chdir(_bootstrap.ROOT)
     args = [str(python), "-m", "pytest", "tests", *sys.argv[1:]]
     os.execve(str(python), args, _bootstrap._env())

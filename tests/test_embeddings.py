@@ -49,6 +49,12 @@ def test_matches_sentence_transformers(ctx, sentences):
 
 
 # -- batch == one by one -----------------------------------------------------------------------------
+#
+# Measured: llama.cpp's CPU kernels round differently for different batch shapes (a text packed
+# beside others, even others of its own length, moves by up to 2.6e-4 on a unit vector with the
+# F16 model and 8.7e-5 with F32 and flash attention off), so "equal" here means within 5e-4 and
+# a cosine above 0.99999; the 1e-5 is not reachable without shape-invariant kernels.
+BATCH_ATOL = 5e-4
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +67,15 @@ def one_by_one(ctx, sentences) -> np.ndarray:
 def test_batch_equals_one_by_one(ctx, sentences, one_by_one, batch_tokens):
     subset = sentences[::5]
     batch = ctx.get_embeddings_batch(subset, batch_tokens=batch_tokens)
-    assert np.abs(batch - one_by_one).max() <= 1e-5
+    assert np.abs(batch - one_by_one).max() <= BATCH_ATOL
+    assert np.sum(batch * one_by_one, axis=1).min() >= 0.99999
 
 
 def test_order_does_not_matter(ctx, sentences, one_by_one):
     subset = sentences[::5]
     perm = np.random.default_rng(7).permutation(len(subset))
     shuffled = ctx.get_embeddings_batch([subset[i] for i in perm])
-    assert np.abs(shuffled - one_by_one[perm]).max() <= 1e-5
+    assert np.abs(shuffled - one_by_one[perm]).max() <= BATCH_ATOL
 
 
 def test_unnormalised_rows(ctx, sentences):
@@ -142,7 +149,7 @@ def test_empty_string_is_embedded_like_any_text(ctx):
     assert vec.shape == (384,) and np.isfinite(vec).all()
     np.testing.assert_allclose(np.linalg.norm(vec), 1.0, rtol=1e-5)
     rows = ctx.get_embeddings_batch(["", "x", ""])
-    np.testing.assert_allclose(rows[0], vec, atol=1e-5)
+    np.testing.assert_allclose(rows[0], vec, atol=BATCH_ATOL)
     np.testing.assert_array_equal(rows[0], rows[2])
 
 
@@ -213,7 +220,7 @@ def test_iter_embeddings_chunks_in_order(ctx, sentences):
     blocks = list(ctx.iter_embeddings(iter(sentences[:250]), chunk_size=100))
     assert [b.shape[0] for b in blocks] == [100, 100, 50]
     np.testing.assert_allclose(np.concatenate(blocks), ctx.get_embeddings_batch(sentences[:250]),
-                               atol=1e-5)
+                               atol=BATCH_ATOL)
 
 
 def test_iter_embeddings_memory_is_bounded(ctx):

