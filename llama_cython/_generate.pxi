@@ -445,9 +445,10 @@ cdef GenerationStream _start_generation(Context self, object prompt, bint add_sp
     The returned stream owns the context until it is finished or closed.
     """
     self._check_open()
-    if self._embeddings:
-        raise ContextError("this context computes embeddings (embeddings=True); "
-                           "generate with a context created with embeddings=False")
+    if ll.llama_get_memory(self._ctx) == NULL:
+        # BERT-like models have no KV cache and no logits: llama_sampler_sample would abort.
+        raise ContextError("this model computes embeddings only (it has no KV cache and no "
+                           "logits); it cannot generate")
     cdef bytes data = _text_bytes(prompt, "prompt") if isinstance(prompt, str) else None
     if data is None:
         raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")

@@ -160,7 +160,7 @@ def test_context_without_embeddings(minilm, smol):
         with pytest.raises(ContextError, match="embeddings=True"):
             c.get_embeddings("a")
         assert c.generate("Hi", max_tokens=2, temperature=0)
-    with minilm.new_context(embeddings=True) as e, pytest.raises(ContextError, match="embeddings"):
+    with minilm.new_context(embeddings=True) as e, pytest.raises(ContextError, match="embeddings only"):
         e.generate("Hi")
 
 

@@ -484,7 +484,6 @@ def test_bad_context_option_values(smol, usable, options, match):
         ({"n_ctx": "512"}, "n_ctx"),
         ({"n_ctx": 512.0}, "n_ctx"),
         ({"n_ctx": True}, "n_ctx"),
-        ({"n_ctx": None}, "n_ctx"),
         ({"n_batch": "512"}, "n_batch"),
         ({"n_threads": 1.5}, "n_threads"),
         ({"n_parallel": "2"}, "n_parallel"),

@@ -114,7 +114,8 @@ def test_entering_a_closed_object_raises(own_model):
 
 # Attributes that stay readable after close(), like a closed file's ``name`` and ``closed``.
 CONTEXT_READABLE_AFTER_CLOSE = {"closed", "model", "close", "last_stats", "cancel",
-                                "kv_cache_type", "flash_attn", "prefix_caching", "cached_tokens"}
+                                "kv_cache_type", "flash_attn", "prefix_caching", "cached_tokens",
+                                "last_embedding_stats"}
 _HI = [{"role": "user", "content": "Hi"}]
 CONTEXT_CALLS = {
     "generate": lambda c: c.generate("Hi", max_tokens=2, temperature=0.0),
@@ -128,6 +129,9 @@ CONTEXT_CALLS = {
     "chat_async": lambda c: c.chat_async(_HI, max_tokens=2),
     "get_logits": lambda c: c.get_logits(),
     "clear_cache": lambda c: c.clear_cache(),
+    "get_embeddings": lambda c: c.get_embeddings("Hi"),
+    "get_embeddings_batch": lambda c: c.get_embeddings_batch(["Hi"]),
+    "iter_embeddings": lambda c: c.iter_embeddings(["Hi"]),
 }
 MODEL_READABLE_AFTER_CLOSE = {"closed", "close", "path", "vocab_only"}
 MODEL_CALLS = {
