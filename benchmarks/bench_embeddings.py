@@ -52,7 +52,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, final
+from typing import Any
 
 import numpy as np
 
@@ -60,6 +60,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import corpus  # noqa: E402
+from _cpu import Interference, wait_quiet  # noqa: E402
 
 DEFAULT_MODEL = "all-minilm-l6-v2"
 PEERS_PYTHON = ROOT / "build" / "peers-venv" / "bin" / "python"
@@ -81,56 +82,6 @@ class Result:
 
 
 # -- machine load -------------------------------------------------------------------------------
-
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _busy_ticks() -> int:
-    """CPU time the whole machine spent busy, in clock ticks; 0 if unknown."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0
-    return sum(v[:8]) - v[3] - v[4]  # all but idle and iowait
-
-
-def _own_ticks() -> int:
-    """CPU time of this process and its waited-for children, in clock ticks."""
-    t = os.times()
-    return round((t.user + t.system + t.children_user + t.children_system) * _TICK)
-
-
-@final
-class OtherLoad:
-    """Share of the machine's CPUs that other processes took during a ``with`` block.
-
-    Covers this process and the children it waits for in the block (a worker subprocess,
-    model loading and warm-up included), so it is an estimate of the interference.
-    """
-
-    share = 0.0
-
-    def __enter__(self) -> OtherLoad:
-        self.t0, self.busy0, self.own0 = time.perf_counter(), _busy_ticks(), _own_ticks()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        wall = time.perf_counter() - self.t0
-        other = (_busy_ticks() - self.busy0) - (_own_ticks() - self.own0)
-        capacity = wall * _TICK * (os.cpu_count() or 1)
-        self.share = max(0.0, other) / capacity if capacity > 0 and self.busy0 else 0.0
-
-
-def wait_quiet(max_wait: float) -> None:
-    """Wait (up to max_wait s) until the machine's CPUs have been idle for 0.3 s."""
-    deadline = time.perf_counter() + max_wait
-    while time.perf_counter() < deadline:
-        b0, t0 = _busy_ticks(), time.perf_counter()
-        time.sleep(0.3)
-        if (_busy_ticks() - b0) <= 0.05 * (time.perf_counter() - t0) * _TICK * (os.cpu_count() or 1):
-            return
-
 
 def measured(fn: Any, max_other: float, tries: int, quiet_wait: float) -> Any:
     """Run ``fn()`` (a side's measurement) after waiting for idle CPUs; run it again (up to
@@ -204,7 +155,7 @@ def measure_c_loop(exe: Path, model: Path, texts_file: Path, n_texts: int, n_bat
     out = WORK / f"c-b{n_batch}-fa{fa}.f32"
     cmd = [str(exe), "-m", str(model), "-f", str(texts_file), "-b", str(n_batch), "--fa", fa,
            "-t", str(threads), "-r", str(repeats), "--warmup", str(WARMUP_TEXTS), "-o", str(out)]
-    with OtherLoad() as load:
+    with Interference() as load:
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"c-embed-loop failed ({proc.returncode}): {proc.stderr.strip()}")
@@ -225,7 +176,7 @@ def run_worker(peer: str, model: Path, texts_file: Path, out: Path, threads: int
            "--threads", str(threads), "--repeats", str(repeats), *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    with OtherLoad() as load:
+    with Interference() as load:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{peer} worker failed ({proc.returncode}): {proc.stderr.strip()[-3000:]}")
@@ -275,7 +226,7 @@ def measure_ours(model: Path, texts: list[str], threads: int, repeats: int) -> R
     ctx.get_embeddings_batch(texts[:WARMUP_TEXTS])  # warm-up, untimed
     runs: list[float] = []
     ours: Any = None
-    with OtherLoad() as load:
+    with Interference() as load:
         for _ in range(repeats):
             t0 = time.perf_counter()
             ours = ctx.get_embeddings_batch(texts)

@@ -53,12 +53,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, final
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import build_native  # noqa: E402
+from _cpu import Interference, wait_quiet  # noqa: E402
 
 import llama_cython as llama  # noqa: E402
 
@@ -117,64 +118,6 @@ class CLoop:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _busy_ticks() -> int:
-    """CPU time the whole machine spent busy (steal included), in clock ticks; 0 if unknown."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0
-    # user nice system idle iowait irq softirq steal ...: all but idle and iowait
-    return sum(v[:8]) - v[3] - v[4]
-
-
-def _proc_ticks(pid: int | str) -> int:
-    """utime + stime of one process (all its threads), in clock ticks; 0 if unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0
-    return int(fields[11]) + int(fields[12])
-
-
-@final
-class Interference:
-    """How much CPU others took while one call ran: the machine's busy time less ours.
-
-    The bench machines are shared, and a ggml thread pool that loses a core to another process
-    stalls at every barrier: a call that overlapped someone else's work is not a measurement.
-    """
-
-    def __init__(self, pids: list[int | str]) -> None:
-        self.pids = pids
-
-    def __enter__(self) -> Interference:
-        self.t0 = time.perf_counter()
-        self.busy0 = _busy_ticks()
-        self.own0 = sum(_proc_ticks(p) for p in self.pids)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        wall = time.perf_counter() - self.t0
-        foreign = (_busy_ticks() - self.busy0) - (sum(_proc_ticks(p) for p in self.pids) - self.own0)
-        capacity = wall * _TICK * (os.cpu_count() or 1)
-        self.share = max(0.0, foreign) / capacity if capacity > 0 and self.busy0 else 0.0
-
-
-def wait_quiet(max_wait: float) -> None:
-    """Wait (up to max_wait s) until the machine's CPUs have been idle for 0.3 s."""
-    deadline = time.perf_counter() + max_wait
-    while time.perf_counter() < deadline:
-        b0, t0 = _busy_ticks(), time.perf_counter()
-        time.sleep(0.3)
-        if (_busy_ticks() - b0) <= 0.05 * (time.perf_counter() - t0) * _TICK * (os.cpu_count() or 1):
-            return
 
 
 CALLS = ("generate", "stream")

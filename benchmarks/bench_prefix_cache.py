@@ -55,7 +55,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_generate import Interference, wait_quiet
+from _cpu import Interference, wait_quiet
 
 import llama_cython as llama
 
