@@ -54,6 +54,7 @@ class build_ext(_build_ext):
 core = Extension(
     "llama_cython._core",
     sources=["llama_cython/_core.pyx"],
+    depends=["llama_cython/_token_batch.h"],
     language="c++",
     extra_compile_args=["-std=c++17", "-O2", "-fvisibility=hidden", "-Wno-unused-function"],
 )

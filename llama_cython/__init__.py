@@ -30,6 +30,7 @@ from llama_cython._core import (  # noqa: E402
     system_info,
 )
 from llama_cython.chat import ChatMessage  # noqa: E402
+from llama_cython.encoding import Encoding  # noqa: E402
 from llama_cython.errors import (  # noqa: E402
     AllocationError,
     ClosedError,
@@ -46,6 +47,8 @@ from llama_cython.errors import (  # noqa: E402
 )
 from llama_cython.stats import ChatResponse, ChatUsage, EmbeddingStats, GenerationStats  # noqa: E402
 from llama_cython.streaming import AsyncGenerationStream  # noqa: E402
+from llama_cython.token_batch import TokenBatch  # noqa: E402
+from llama_cython.vocab import TokenAttr, Vocab  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -62,6 +65,7 @@ __all__ = [
     "ContextSizeError",
     "DecodeError",
     "EmbeddingStats",
+    "Encoding",
     "GenerationStats",
     "GenerationStream",
     "LlamaError",
@@ -70,7 +74,10 @@ __all__ = [
     "ModelNotFoundError",
     "OptionError",
     "TemplateError",
+    "TokenAttr",
+    "TokenBatch",
     "TokenizeError",
+    "Vocab",
     "__version__",
     "load_model",
     "max_devices",

@@ -9,7 +9,10 @@ This file is the table of contents; each part is one ``.pxi`` with one responsib
 ``_log.pxi``          llama.cpp's log, collected without the GIL, sent to ``logging``
 ``_errors.pxi``       return codes and NULLs turned into exceptions, in one place
 ``_model.pxi``        ``load_model`` and ``Model`` (weights, vocabulary, metadata)
+``_texts.pxi``        many texts in: borrowed UTF-8 buffers for loops without the GIL
 ``_tokens.pxi``       tokenize / detokenize into numpy arrays filled in C
+``_token_batch.pxi``  tokenize many texts in C++ threads (``_token_batch.h``); pieces
+``_vocab.pxi``        the vocabulary as arrays: texts, scores, attributes, special ids
 ``_context.pxi``      ``Context`` (KV cache, options read back from llama.cpp)
 ``_sampler.pxi``      sampler chains, always ending in a selecting sampler
 ``_generate.pxi``     the decode-sample-accept loop, run without the GIL
@@ -57,12 +60,18 @@ from llama_cython.errors import (
     OptionError,
     TokenizeError,
 )
+from llama_cython.encoding import Encoding
 from llama_cython.stats import ChatResponse, ChatUsage, EmbeddingStats, GenerationStats
+from llama_cython.token_batch import TokenBatch
+from llama_cython.vocab import Vocab
 
 include "_log.pxi"
 include "_errors.pxi"
+include "_texts.pxi"
 include "_model.pxi"
 include "_tokens.pxi"
+include "_token_batch.pxi"
+include "_vocab.pxi"
 include "_context.pxi"
 include "_sampler.pxi"
 include "_generate.pxi"

@@ -11,9 +11,6 @@
 # batch in a single ubatch, and pooled MEAN/CLS values are per ubatch), nor more sequences than
 # the context was created for.
 
-cdef extern from "Python.h":
-    const char * PyUnicode_AsUTF8AndSize(object text, Py_ssize_t * size) except NULL
-
 cdef extern from "<algorithm>" namespace "std" nogil:
     void std_sort "std::sort"[Iter](Iter first, Iter last)
 
@@ -22,33 +19,8 @@ cdef extern from "<algorithm>" namespace "std" nogil:
 _EMBED_BATCH_TOKENS = 512
 
 
-cdef class _TextBuffers:
-    """Borrowed UTF-8 buffers of a tuple of str, kept valid by holding the tuple."""
-
-    cdef tuple texts
-    cdef vector[const char *] ptrs
-    cdef vector[int32_t] sizes
-
-    def __cinit__(self, tuple texts):
-        cdef Py_ssize_t i, n = len(texts), size
-        self.texts = texts
-        self.ptrs.resize(n)
-        self.sizes.resize(n)
-        for i in range(n):
-            t = texts[i]
-            if not isinstance(t, str):
-                raise TypeError(f"texts[{i}] must be a str, got {type(t).__name__}")
-            try:
-                self.ptrs[i] = PyUnicode_AsUTF8AndSize(t, &size)
-            except UnicodeEncodeError as exc:
-                raise TokenizeError(f"texts[{i}] is not valid text: {exc}") from None
-            if size > INT32_MAX // 2:
-                raise TokenizeError(f"texts[{i}] is too long ({size} bytes)")
-            self.sizes[i] = <int32_t>size
-
-
 cdef int _tokenize_all(const ll.llama_vocab * vocab, const vector[const char *] * ptrs,
-                       const vector[int32_t] * sizes, int32_t max_len,
+                       const vector[int64_t] * sizes, int32_t max_len,
                        bint truncate, bint keep_last, vector[ll.llama_token] * toks,
                        vector[int64_t] * offs, int64_t * n_truncated,
                        Py_ssize_t * too_long) except -1 nogil:
@@ -59,17 +31,18 @@ cdef int _tokenize_all(const ll.llama_vocab * vocab, const vector[const char *] 
     """
     cdef Py_ssize_t i, n = ptrs.size()
     cdef int64_t at = 0
-    cdef int32_t cap, k
+    cdef int32_t cap, k, size
     offs.resize(n + 1)
     offs[0][0] = 0
     for i in range(n):
-        cap = sizes[0][i] + 8
+        size = <int32_t>sizes[0][i]
+        cap = size + 8
         if <int64_t>toks.size() < at + cap:
             toks.resize(at + cap + (at >> 1))
-        k = ll.llama_tokenize(vocab, ptrs[0][i], sizes[0][i], toks.data() + at, cap, True, False)
+        k = ll.llama_tokenize(vocab, ptrs[0][i], size, toks.data() + at, cap, True, False)
         if k < 0:
             toks.resize(at - k)
-            k = ll.llama_tokenize(vocab, ptrs[0][i], sizes[0][i], toks.data() + at, -k, True, False)
+            k = ll.llama_tokenize(vocab, ptrs[0][i], size, toks.data() + at, -k, True, False)
         if k > max_len:
             if not truncate:
                 too_long[0] = i
@@ -126,7 +99,7 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
         # vectors; SmolLM2 shows none). Until that is understood, one sequence per decode.
         n_seq_max = 1
     _check_specials(self.model, True)
-    cdef _TextBuffers buf = _TextBuffers(texts)
+    cdef _TextBuffers buf = _TextBuffers(texts, False, "strict", INT32_MAX // 2)
     rows.resize(n_seq_max)
     with nogil:
         _tokenize_all(vocab, &buf.ptrs, &buf.sizes, max_len, truncate, keep_last, &toks, &offs,

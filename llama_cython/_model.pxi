@@ -325,6 +325,7 @@ cdef class Model:
     cdef object _contexts        # WeakSet of open Contexts
     cdef int _users              # calls running without the GIL; guarded by the GIL
     cdef dict _metadata
+    cdef tuple _vocab_arrays     # the vocabulary table, built on first use (no reference back)
     cdef object __weakref__
 
     def __cinit__(self):
@@ -343,6 +344,7 @@ cdef class Model:
         self.vocab_only = vocab_only
         self._contexts = weakref.WeakSet()
         self._metadata = None
+        self._vocab_arrays = None
 
     def __dealloc__(self):
         # Contexts hold a strong reference to their model, so none is alive here.
@@ -534,6 +536,120 @@ cdef class Model:
         """The bytes one token stands for (``bytes``: a piece can be part of a UTF-8 character)."""
         self._check_open()
         return _token_to_piece(self, token, _check_bool(special, "special"))
+
+    def tokenize_batch(self, texts, *, add_special=True, parse_special=False, n_threads=None,
+                       errors="strict"):
+        """Tokenize many texts at once into a :class:`~llama_cython.TokenBatch`.
+
+        The ids of all texts land in one flat ``int32`` array with ``int64`` offsets
+        (``len(texts) + 1``): text ``i`` is ``batch.ids[batch.offsets[i]:batch.offsets[i + 1]]``,
+        which ``batch[i]`` returns as a view. The work runs in C++ threads without the GIL;
+        ``n_threads=None`` uses as many as the amount of text pays for, up to the CPUs.
+
+        Items are ``str`` or UTF-8 ``bytes``. Bytes that are not valid UTF-8 raise
+        :class:`TokenizeError` naming the text (``errors="strict"``) or are replaced with
+        U+FFFD first (``errors="replace"``). The ids are those of :meth:`tokenize` for each
+        text, whatever the number of threads.
+
+        >>> batch = model.tokenize_batch(["Hello world", "Bonjour"])   # doctest: +SKIP
+        >>> len(batch), batch.lengths                                   # doctest: +SKIP
+        (2, array([2, 3], dtype=int32))
+        """
+        self._check_open()
+        counts, ids = _run_tokenize_batch(self, texts, _check_bool(add_special, "add_special"),
+                                          _check_bool(parse_special, "parse_special"),
+                                          n_threads, errors, True)
+        offsets = np.zeros(counts.shape[0] + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        return TokenBatch(ids, offsets)
+
+    def count_tokens(self, texts, *, add_special=True, parse_special=False, n_threads=None,
+                     errors="strict"):
+        """Number of tokens of each text: an ``int32`` array (an ``int`` for a single text).
+
+        Same rules as :meth:`tokenize_batch`, without keeping the ids.
+        """
+        self._check_open()
+        single = isinstance(texts, (str, bytes))
+        counts, _ = _run_tokenize_batch(self, (texts,) if single else texts,
+                                        _check_bool(add_special, "add_special"),
+                                        _check_bool(parse_special, "parse_special"),
+                                        n_threads, errors, False)
+        if single:
+            return int(counts[0])
+        return counts.astype(np.int32)
+
+    def detokenize_batch(self, sequences, *, remove_special=False, unparse_special=False):
+        """Many id sequences back to text: a list of ``str``, one per sequence.
+
+        ``sequences`` is a :class:`~llama_cython.TokenBatch` or any sequence of id sequences
+        (lists, arrays). Every id is range-checked first; bytes that are not valid UTF-8
+        become U+FFFD, as in :meth:`detokenize`.
+        """
+        self._check_open()
+        return _detokenize_batch(self, sequences, _check_bool(remove_special, "remove_special"),
+                                 _check_bool(unparse_special, "unparse_special"))
+
+    def encode(self, text, *, add_special=True, parse_special=False):
+        """Tokenize one text into an :class:`~llama_cython.Encoding`: ids with their pieces,
+        byte and character offsets into ``text``, special-token mask and attributes.
+
+        In a notebook the encoding shows itself as the text cut into coloured tokens.
+
+        >>> enc = model.encode("Hello world")                           # doctest: +SKIP
+        >>> [enc.text[a:b] for a, b in enc.char_offsets]                # doctest: +SKIP
+        ['Hello', ' world']
+        """
+        self._check_open()
+        if isinstance(text, bytes):
+            try:
+                text = (<bytes>text).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise TokenizeError(f"text is not valid UTF-8: {exc}") from None
+        elif not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        data = (<str>text).encode("utf-8")
+        ids = _tokenize(self, data, _check_bool(add_special, "add_special"),
+                        _check_bool(parse_special, "parse_special"))
+        cdef const int32_t[::1] iv = ids if ids.shape[0] else np.zeros(1, dtype=np.int32)
+        cdef Py_ssize_t n = ids.shape[0], i
+        pieces_flat, piece_offsets = _pieces(self, &iv[0], n, True)
+        attrs = np.empty(n, dtype=np.uint32)
+        cdef uint32_t[::1] av = attrs
+        for i in range(n):
+            av[i] = ll.llama_vocab_get_attr(self._vocab, iv[i])
+        texts_flat, text_offsets, _, _ = self._vocab_table()
+        tokens = [texts_flat[text_offsets[t]:text_offsets[t + 1]].decode("utf-8", "replace")
+                  for t in ids.tolist()]
+        info = _vocab_info(self)
+        return Encoding._build(text, data, ids, _split_bytes(pieces_flat, piece_offsets), tokens,
+                               attrs, info["type"], info.get("unk"))
+
+    @property
+    def vocab(self):
+        """The model's :class:`~llama_cython.Vocab`: special ids, type, and the whole
+        vocabulary as numpy arrays (``vocab_only=True`` models have it too)."""
+        self._check_open()
+        return Vocab(self)
+
+    def _vocab_info(self):
+        self._check_open()
+        return _vocab_info(self)
+
+    def _vocab_table(self):
+        """(texts bytes, text offsets, scores, attrs) of the whole vocabulary, built once."""
+        self._check_open()
+        if self._vocab_arrays is None:
+            self._vocab_arrays = _vocab_table(self)
+        return self._vocab_arrays
+
+    def _pieces_of_all(self):
+        """(pieces bytes, offsets): every token's piece (special=True), in id order."""
+        self._check_open()
+        _check_vocab(self)
+        ids = np.arange(self._n_vocab, dtype=np.int32)
+        cdef const int32_t[::1] iv = ids
+        return _pieces(self, &iv[0], ids.shape[0], True)
 
     def is_eog(self, token):
         """True if ``token`` ends generation (EOS, EOT...)."""

@@ -72,6 +72,7 @@ def ensure(models: tuple[str, ...] = ()) -> Path:
     sources += sorted((ROOT / "llama_cython").rglob("*.pyx"))
     sources += sorted((ROOT / "llama_cython").rglob("*.pxi"))
     sources += sorted((ROOT / "llama_cython").rglob("*.pxd"))
+    sources += sorted((ROOT / "llama_cython").rglob("*.h"))
     digest = _digest(sources)
     built = list((ROOT / "llama_cython").glob("_core*.so"))
     if not built or not _stamp_ok("build", digest):

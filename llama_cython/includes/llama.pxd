@@ -207,6 +207,21 @@ cdef extern from "llama.h" nogil:
     bint llama_vocab_get_add_bos(const llama_vocab * vocab)
     bint llama_vocab_get_add_eos(const llama_vocab * vocab)
     bint llama_vocab_get_add_sep(const llama_vocab * vocab)
+    llama_token llama_vocab_eot(const llama_vocab * vocab)
+    llama_token llama_vocab_nl(const llama_vocab * vocab)
+    llama_token llama_vocab_pad(const llama_vocab * vocab)
+    llama_token llama_vocab_mask(const llama_vocab * vocab)
+    llama_token llama_vocab_fim_pre(const llama_vocab * vocab)
+    llama_token llama_vocab_fim_suf(const llama_vocab * vocab)
+    llama_token llama_vocab_fim_mid(const llama_vocab * vocab)
+    llama_token llama_vocab_fim_pad(const llama_vocab * vocab)
+    llama_token llama_vocab_fim_rep(const llama_vocab * vocab)
+    llama_token llama_vocab_fim_sep(const llama_vocab * vocab)
+    bint llama_vocab_is_control(const llama_vocab * vocab, llama_token token) except +
+    # id_to_token.at(id): a bad id throws std::out_of_range
+    const char * llama_vocab_get_text(const llama_vocab * vocab, llama_token token) except +
+    float llama_vocab_get_score(const llama_vocab * vocab, llama_token token) except +
+    uint32_t llama_vocab_get_attr "(uint32_t) llama_vocab_get_attr"(const llama_vocab * vocab, llama_token token) except +
 
     # tokenization ("The API is thread-safe")
     int32_t llama_tokenize(const llama_vocab * vocab, const char * text, int32_t text_len,

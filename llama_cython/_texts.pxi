@@ -1,0 +1,76 @@
+# Many texts in: borrowed UTF-8 buffers, one pointer and one size per text, for C loops that
+# run without the GIL (batch tokenization, batch embeddings).
+
+cdef extern from "Python.h":
+    const char * PyUnicode_AsUTF8AndSize(object text, Py_ssize_t * size) except NULL
+
+cdef extern from "_token_batch.h" namespace "llama_cython" nogil:
+    int64_t utf8_invalid_at(const unsigned char * s, int64_t n)
+
+
+cdef tuple _text_tuple(object texts, str hint):
+    """``texts`` as a tuple (no copy when it is one); a single str or bytes is a TypeError."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(f"texts must be a sequence of str, not a single text; {hint}")
+    if isinstance(texts, tuple):
+        return <tuple>texts
+    try:
+        return tuple(texts)
+    except TypeError:
+        raise TypeError(f"texts must be a sequence of str, got {type(texts).__name__}") from None
+
+
+cdef class _TextBuffers:
+    """Borrowed UTF-8 buffers of a tuple of texts, kept valid by holding the tuple.
+
+    A ``str`` lends the UTF-8 copy CPython keeps inside the object (made once, no new object).
+    With ``allow_bytes``, a ``bytes`` item lends its own buffer; it must be valid UTF-8
+    (``errors="strict"``: TokenizeError naming the text and the byte) or has its invalid bytes
+    replaced by U+FFFD as Python's decoder does (``errors="replace"``).
+    """
+
+    cdef tuple texts
+    cdef list replaced
+    cdef vector[const char *] ptrs
+    cdef vector[int64_t] sizes
+    cdef int64_t total
+
+    def __cinit__(self, tuple texts, bint allow_bytes=False, str errors="strict",
+                  int64_t max_size=INT32_MAX):
+        cdef Py_ssize_t i, n = len(texts), size
+        cdef int64_t bad
+        cdef const char * p
+        self.texts = texts
+        self.replaced = []
+        self.ptrs.resize(n)
+        self.sizes.resize(n)
+        self.total = 0
+        for i in range(n):
+            t = texts[i]
+            if isinstance(t, str):
+                try:
+                    p = PyUnicode_AsUTF8AndSize(t, &size)
+                except UnicodeEncodeError as exc:
+                    raise TokenizeError(f"texts[{i}] is not valid text: {exc}") from None
+            elif allow_bytes and isinstance(t, bytes):
+                p = t
+                size = len(<bytes>t)
+                with nogil:
+                    bad = utf8_invalid_at(<const unsigned char *>p, size)
+                if bad != size:
+                    if errors != "replace":
+                        raise TokenizeError(f"texts[{i}] is not valid UTF-8 (byte {bad}: "
+                                            f"{(<bytes>t)[bad:bad + 4]!r}); pass errors='replace' "
+                                            "to replace invalid bytes with U+FFFD")
+                    t = (<bytes>t).decode("utf-8", "replace").encode("utf-8")
+                    self.replaced.append(t)
+                    p = t
+                    size = len(<bytes>t)
+            else:
+                kinds = "a str or bytes" if allow_bytes else "a str"
+                raise TypeError(f"texts[{i}] must be {kinds}, got {type(t).__name__}")
+            if size > max_size:
+                raise TokenizeError(f"texts[{i}] is too long ({size} bytes; at most {max_size})")
+            self.ptrs[i] = p
+            self.sizes[i] = size
+            self.total += size
