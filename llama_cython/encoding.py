@@ -56,7 +56,9 @@ class _Aligner:
         self.data = data
         self.byte_pos = 0
         # byte offset of each character boundary, and the folded form of each character
-        sizes = np.fromiter((len(c.encode("utf-8", "surrogatepass")) for c in text), dtype=np.int64, count=len(text))
+        sizes = np.fromiter(
+            (len(c.encode("utf-8", "surrogatepass")) for c in text), dtype=np.int64, count=len(text)
+        )
         self.char_bytes = np.zeros(len(text) + 1, dtype=np.int64)
         np.cumsum(sizes, out=self.char_bytes[1:])
         self.folds: list[str] | None = None
@@ -130,7 +132,13 @@ class _Aligner:
 
 
 def _align(
-    text: str, data: bytes, ids: list[int], pieces: list[bytes], attrs: list[int], vocab_type: str, unk: int | None
+    text: str,
+    data: bytes,
+    ids: list[int],
+    pieces: list[bytes],
+    attrs: list[int],
+    vocab_type: str,
+    unk: int | None,
 ) -> npt.NDArray[np.int64]:
     n = len(pieces)
     spans = np.zeros((n, 2), dtype=np.int64)
@@ -201,7 +209,7 @@ class Encoding:
     Made by :meth:`Model.encode`.
     """
 
-    __slots__ = ("text", "ids", "pieces", "tokens", "attrs", "byte_offsets", "char_offsets", "vocab_type")
+    __slots__ = ("attrs", "byte_offsets", "char_offsets", "ids", "pieces", "text", "tokens", "vocab_type")
 
     text: str
     ids: npt.NDArray[np.int32]
@@ -285,7 +293,9 @@ class Encoding:
             '<div style="font-family:monospace;white-space:pre-wrap;line-height:2.1">',
         ]
         at = 0
-        for i, ((c0, c1), tok_id, token) in enumerate(zip(self.char_offsets.tolist(), self.ids.tolist(), self.tokens)):
+        for i, ((c0, c1), tok_id, token) in enumerate(
+            zip(self.char_offsets.tolist(), self.ids.tolist(), self.tokens)
+        ):
             if c0 > at:
                 parts.append(esc(self.text[at:c0]))  # text no token covers (dropped spaces)
             shown = self.text[max(c0, at) : c1] if c1 > at else ""

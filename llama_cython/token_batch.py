@@ -68,7 +68,9 @@ class TokenBatch(Sequence["npt.NDArray[np.int32]"]):
         try:
             i = int(index)  # type: ignore[call-overload]
         except TypeError:
-            raise TypeError(f"TokenBatch indices must be integers or slices, not {type(index).__name__}") from None
+            raise TypeError(
+                f"TokenBatch indices must be integers or slices, not {type(index).__name__}"
+            ) from None
         n = len(self)
         if i < 0:
             i += n

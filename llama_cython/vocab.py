@@ -117,8 +117,12 @@ class Vocab:
     fim_suf = property(lambda self: self._special("fim_suf"), doc="Fill-in-the-middle suffix id, or None.")
     fim_mid = property(lambda self: self._special("fim_mid"), doc="Fill-in-the-middle middle id, or None.")
     fim_pad = property(lambda self: self._special("fim_pad"), doc="Fill-in-the-middle padding id, or None.")
-    fim_rep = property(lambda self: self._special("fim_rep"), doc="Fill-in-the-middle repository id, or None.")
-    fim_sep = property(lambda self: self._special("fim_sep"), doc="Fill-in-the-middle file separator id, or None.")
+    fim_rep = property(
+        lambda self: self._special("fim_rep"), doc="Fill-in-the-middle repository id, or None."
+    )
+    fim_sep = property(
+        lambda self: self._special("fim_sep"), doc="Fill-in-the-middle file separator id, or None."
+    )
 
     @property
     def add_bos(self) -> bool:
