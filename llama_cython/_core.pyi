@@ -4,15 +4,18 @@
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal, TypeAlias, TypedDict
+from typing import Any, Literal, TypeAlias, TypedDict, overload
 
 import numpy as np
 import numpy.typing as npt
 from typing_extensions import Self, Unpack
 
 from llama_cython.chat import ChatMessage
+from llama_cython.encoding import Encoding
 from llama_cython.stats import ChatResponse, EmbeddingStats, GenerationStats
 from llama_cython.streaming import AsyncGenerationStream
+from llama_cython.token_batch import TokenBatch
+from llama_cython.vocab import Vocab
 
 _Path: TypeAlias = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 _Tokens: TypeAlias = Sequence[int] | npt.NDArray[np.integer]
@@ -22,6 +25,8 @@ Pooling: TypeAlias = Literal["none", "mean", "cls", "last", "rank"] | None
 _Stop: TypeAlias = str | Sequence[str] | None
 _Messages: TypeAlias = Sequence[ChatMessage | Mapping[str, Any]]
 _Callback: TypeAlias = Callable[[str], bool | None]
+_Texts: TypeAlias = Sequence[str | bytes] | Iterable[str | bytes]
+_Errors: TypeAlias = Literal["strict", "replace"]
 
 class SamplingOptions(TypedDict, total=False):
 
@@ -106,6 +111,47 @@ class Model:
     ) -> str: ...
     def token_to_piece(self, token: int, special: bool = True) -> bytes: ...
     def is_eog(self, token: int) -> bool: ...
+    def tokenize_batch(
+        self,
+        texts: _Texts,
+        *,
+        add_special: bool = True,
+        parse_special: bool = False,
+        n_threads: int | None = None,
+        errors: _Errors = "strict",
+    ) -> TokenBatch: ...
+    @overload
+    def count_tokens(  # type: ignore[overload-overlap]
+        self,
+        texts: str | bytes,
+        *,
+        add_special: bool = True,
+        parse_special: bool = False,
+        n_threads: int | None = None,
+        errors: _Errors = "strict",
+    ) -> int: ...
+    @overload
+    def count_tokens(
+        self,
+        texts: _Texts,
+        *,
+        add_special: bool = True,
+        parse_special: bool = False,
+        n_threads: int | None = None,
+        errors: _Errors = "strict",
+    ) -> npt.NDArray[np.int32]: ...
+    def detokenize_batch(
+        self,
+        sequences: TokenBatch | Iterable[_Tokens],
+        *,
+        remove_special: bool = False,
+        unparse_special: bool = False,
+    ) -> list[str]: ...
+    def encode(
+        self, text: str | bytes, *, add_special: bool = True, parse_special: bool = False
+    ) -> Encoding: ...
+    @property
+    def vocab(self) -> Vocab: ...
     def _chat_specials(self) -> tuple[str | None, str | None, bool]: ...
     def new_context(
         self,

@@ -253,7 +253,8 @@ class Encoding:
     @property
     def special_mask(self) -> npt.NDArray[np.bool_]:
         """True for control tokens (BOS, EOS, CLS, SEP, chat markers...)."""
-        return (self.attrs & TokenAttr.CONTROL) != 0
+        mask: npt.NDArray[np.bool_] = (self.attrs & int(TokenAttr.CONTROL)) != 0
+        return mask
 
     @property
     def texts(self) -> list[str]:

@@ -7,6 +7,7 @@ memory instead of copying it.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
@@ -51,7 +52,7 @@ class TokenBatch(Sequence["npt.NDArray[np.int32]"]):
     # -- sequence protocol -----------------------------------------------------------------
 
     def __len__(self) -> int:
-        return self.offsets.shape[0] - 1
+        return int(self.offsets.shape[0]) - 1
 
     @overload
     def __getitem__(self, index: int) -> npt.NDArray[np.int32]: ...
@@ -66,7 +67,7 @@ class TokenBatch(Sequence["npt.NDArray[np.int32]"]):
                 return TokenBatch(self.ids[lo:hi], self.offsets[start : stop + 1] - lo)
             return self.take(np.arange(start, stop, step))
         try:
-            i = int(index)  # type: ignore[call-overload]
+            i = operator.index(index)
         except TypeError:
             raise TypeError(
                 f"TokenBatch indices must be integers or slices, not {type(index).__name__}"

@@ -58,11 +58,8 @@ def _kind(attr: int) -> str:
 def _split(flat: bytes, offsets: npt.NDArray[np.int64], decode: bool) -> npt.NDArray[np.object_]:
     out = np.empty(offsets.shape[0] - 1, dtype=object)
     bounds = offsets.tolist()
-    if decode:
-        text = [flat[bounds[i] : bounds[i + 1]].decode("utf-8", "replace") for i in range(len(bounds) - 1)]
-    else:
-        text = [flat[bounds[i] : bounds[i + 1]] for i in range(len(bounds) - 1)]
-    out[:] = text
+    parts = [flat[bounds[i] : bounds[i + 1]] for i in range(len(bounds) - 1)]
+    out[:] = [p.decode("utf-8", "replace") for p in parts] if decode else parts
     return out
 
 

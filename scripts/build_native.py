@@ -29,6 +29,7 @@ def _known_sources(source_dir: Path) -> dict[str, Path]:
         "llama-simple": source_dir / "examples" / "simple" / "simple.cpp",
         "c-generate-loop": ROOT / "benchmarks" / "native" / "generate_loop.cpp",
         "c-embed-loop": ROOT / "benchmarks" / "native" / "embed_loop.cpp",
+        "c-tokenize-loop": ROOT / "benchmarks" / "native" / "tokenize_loop.cpp",
     }
 
 

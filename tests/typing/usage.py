@@ -29,3 +29,20 @@ def use(path: str) -> str:
     except llama.ModelNotFoundError as exc:
         text += str(exc)
     return text
+
+
+def use_tokenizer(model: llama.Model) -> int:
+    batch: llama.TokenBatch = model.tokenize_batch(["a", b"b"], n_threads=2)
+    first: npt.NDArray[np.int32] = batch[0]
+    lengths: npt.NDArray[np.int32] = batch.lengths
+    counts: npt.NDArray[np.int32] = model.count_tokens(["a", "b c"])
+    one: int = model.count_tokens("a b")
+    texts: list[str] = model.detokenize_batch(batch[1:])
+    enc: llama.Encoding = model.encode("hello world")
+    spans: npt.NDArray[np.int64] = enc.char_offsets
+    vocab: llama.Vocab = model.vocab
+    eos: int | None = vocab.eos
+    scores: npt.NDArray[np.float32] = vocab.scores
+    control = bool(vocab.attrs[0] & llama.TokenAttr.CONTROL)
+    total = int(first.sum() + lengths.sum() + counts.sum()) + one + len(texts) + len(spans)
+    return total + (eos or 0) + len(scores) + control
