@@ -165,7 +165,7 @@ def _align(
         if not piece.strip(b" "):  # a lone space mark: the text's spaces here, or nothing
             at = al.byte_pos
             end = at
-            while end < len(data) and end - at < len(piece) and data[end] in _ASCII_SPACE:
+            while end < len(data) and end - at < len(piece) and data[end] == 0x20:
                 end += 1
             spans[i] = (at, end)
             al.byte_pos = end
@@ -252,7 +252,7 @@ class Encoding:
 
     @property
     def special_mask(self) -> npt.NDArray[np.bool_]:
-        """True for control tokens (BOS, EOS, CLS, SEP, chat markers...)."""
+        """True for control tokens: BOS, EOS, CLS, SEP, chat markers (and [UNK] in BERT vocabularies)."""
         mask: npt.NDArray[np.bool_] = (self.attrs & int(TokenAttr.CONTROL)) != 0
         return mask
 

@@ -150,3 +150,71 @@ def test_tokenizer_vectors(path: Path) -> None:
 
     assert not failures, f"{path.name}: {len(failures)} of {len(tests)} inputs differ; first:\n{failures[0]}"
     assert elapsed < 5.0, f"{path.name}: tokenizing {len(tests)} inputs took {elapsed:.2f} s"
+
+
+@pytest.mark.parametrize("path", VOCAB_FILES, ids=[_vocab_id(p) for p in VOCAB_FILES])
+def test_tokenizer_vectors_batch(path: Path) -> None:
+    """The same vectors through tokenize_batch, all inputs of a vocabulary in one call, 1 and 2 threads."""
+    tests = read_tests(path)
+    model = _vocab(path)
+    texts = list(tests)
+    for n_threads in (1, 2):
+        batch = model.tokenize_batch(texts, add_special=ADD_SPECIAL, parse_special=PARSE_SPECIAL, n_threads=n_threads)
+        wrong = [t for t, ids in zip(texts, batch) if ids.tolist() != tests[t]]
+        assert not wrong, f"{path.name}: {len(wrong)} inputs differ with n_threads={n_threads}; first {wrong[0]!r}"
+    counts = model.count_tokens(texts, add_special=ADD_SPECIAL, parse_special=PARSE_SPECIAL)
+    assert counts.tolist() == [len(tests[t]) for t in texts]
+
+
+# Offsets: every vocabulary type llama.cpp has. The test vectors cover SPM, BPE and WPM; the UGM
+# vocabulary (nomic-bert-moe, no .inp of its own) is given the inputs of the others.
+UGM_FILE = MODELS_DIR / "ggml-vocab-nomic-bert-moe.gguf"
+OFFSET_CASES = [(p, p) for p in VOCAB_FILES] + [(UGM_FILE, VOCAB_FILES[0])]
+
+
+def _fold(data: bytes) -> str:
+    from llama_cython.encoding import _fold as fold
+
+    return fold(data.decode("utf-8", "replace"))
+
+
+@pytest.mark.parametrize(
+    ("path", "inputs"), OFFSET_CASES, ids=[_vocab_id(p) for p, _ in OFFSET_CASES]
+)
+def test_offsets_cover_what_each_token_stands_for(path: Path, inputs: Path) -> None:
+    """For every token of every input, the text at its offsets is the text the token stands for.
+
+    The rules (llama_cython/encoding.py): byte-exact for byte-level BPE and SPM (a leading space
+    of the piece that is not in the text is the tokenizer's mark; "▁" stands for a space);
+    after normalisation (NFKD, no accents, lower case) for WPM and UGM; tokens added by
+    add_special are empty; the unknown token covers the text between its neighbours.
+    """
+    model = _vocab(path)
+    vocab = model.vocab
+    exact = vocab.type in ("bpe", "spm")
+    problems: list[str] = []
+    for raw in read_tests(inputs):
+        text = raw.decode("utf-8")
+        enc = model.encode(text, add_special=True)
+        assert enc.ids.tolist() == model.tokenize(text, add_special=True).tolist()
+        spans = enc.byte_offsets.tolist()
+        assert all(0 <= a <= b <= len(raw) for a, b in spans)
+        assert [a for a, _ in spans] == sorted(a for a, _ in spans), "starts must not go back"
+        chars = enc.char_offsets.tolist()
+        for (b0, b1), (c0, c1), piece, attr, tok in zip(spans, chars, enc.pieces, enc.attrs.tolist(), enc.ids.tolist()):
+            got = raw[b0:b1]
+            assert text[c0:c1].encode().find(got) >= 0   # char spans cover the byte spans
+            if tok == vocab.unk or attr & llama.TokenAttr.UNKNOWN:
+                ok = True
+            elif attr & llama.TokenAttr.CONTROL:
+                ok = b0 == b1 or got == piece
+            elif not piece.strip(b" "):
+                ok = not got.strip()
+            elif exact:
+                ok = got in (piece, piece[1:] if piece[:1] == b" " else piece, piece.replace("▁".encode(), b" "))
+            else:
+                fp, fg = _fold(piece), _fold(got)
+                ok = fp == fg or (fp in fg and b1 - b0 <= 4)   # a token inside one expanded character
+            if not ok:
+                problems.append(f"{text[:40]!r}: token {tok} piece {piece!r} -> {got!r}")
+    assert not problems, f"{path.name}: {len(problems)} tokens off; first: {problems[:3]}"
