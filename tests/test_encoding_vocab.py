@@ -143,7 +143,7 @@ def test_vocab_table_is_fast_and_pandas():
     elapsed = time.perf_counter() - t0
     assert elapsed < 5.0, elapsed   # one pass in C (about 0.1 s here), not a Python call per token
     assert v.eot == 106 and v.type == "spm" and v.add_bos
-    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pandas")
     df = v.to_pandas()
     assert len(df) == 262144 and list(df.columns) == ["token", "piece", "score", "kind", "attrs"]
     assert df.index.name == "id" and df.loc[106, "kind"] == "control"
