@@ -48,6 +48,7 @@ from llama_cython.errors import (  # noqa: E402
 from llama_cython.stats import ChatResponse, ChatUsage, EmbeddingStats, GenerationStats  # noqa: E402
 from llama_cython.streaming import AsyncGenerationStream  # noqa: E402
 from llama_cython.token_batch import TokenBatch  # noqa: E402
+from llama_cython.token_embeddings import TokenEmbeddings  # noqa: E402
 from llama_cython.vocab import TokenAttr, Vocab  # noqa: E402
 
 __version__ = "0.1.0"
@@ -76,6 +77,7 @@ __all__ = [
     "TemplateError",
     "TokenAttr",
     "TokenBatch",
+    "TokenEmbeddings",
     "TokenizeError",
     "Vocab",
     "__version__",

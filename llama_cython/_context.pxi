@@ -499,9 +499,6 @@ cdef class Context:
         if not self._embeddings:
             raise ContextError("this context was created without embeddings=True; "
                                "use model.new_context(embeddings=True) to get embeddings")
-        if ll.llama_pooling_type_of(self._ctx) == ll.LLAMA_POOLING_TYPE_NONE:
-            raise ContextError("this context's pooling is 'none' (one vector per token); create it "
-                               "with pooling='mean', 'cls' or 'last' for one vector per text")
         return 0
 
     def get_embeddings_batch(self, texts, *, normalize=True, out=None, truncate=True,
@@ -512,6 +509,11 @@ cdef class Context:
         released; each text's pooled vector (pooling as the model says, or as chosen with
         ``new_context(pooling=...)``) is written straight into its row, L2-normalised when
         ``normalize`` is true.
+
+        On a context created with ``pooling="none"`` the result is one vector per token: a
+        :class:`~llama_cython.TokenEmbeddings` (``values`` ``(T, n_embd)`` float32 and
+        ``offsets`` ``(len(texts) + 1,)``; ``result[i]`` is text i's ``(n_tokens_i, n_embd)``
+        view), each token vector normalised when ``normalize`` is true.
 
         Parameters
         ----------
@@ -545,16 +547,7 @@ cdef class Context:
         self._check_embeddings()
         normalize = _check_bool(normalize, "normalize")
         truncate = _check_bool(truncate, "truncate")
-        if isinstance(texts, (str, bytes)):
-            raise TypeError("texts must be a sequence of str, not a single text; "
-                            "use get_embeddings(text) for one")
-        if isinstance(texts, tuple):
-            items = texts
-        else:
-            try:
-                items = tuple(texts)
-            except TypeError:
-                raise TypeError(f"texts must be a sequence of str, got {type(texts).__name__}") from None
+        items = _text_tuple(texts, "use get_embeddings(text) for one")
         n = len(items)
         d = ll.llama_model_n_embd_out(self.model._model)
         n_ubatch = ll.llama_n_ubatch(self._ctx)
@@ -563,8 +556,12 @@ cdef class Context:
         else:
             _check_int(batch_tokens, "batch_tokens", 1, n_ubatch)
             budget = batch_tokens
+        per_token = ll.llama_pooling_type_of(self._ctx) == ll.LLAMA_POOLING_TYPE_NONE
+        if per_token and out is not None:
+            raise ValueError("out= is for one vector per text; this context's pooling is 'none' "
+                             "(one vector per token, returned as TokenEmbeddings)")
         if out is None:
-            result = np.empty((n, d), dtype=np.float32)
+            result = np.empty((0 if per_token else n, d), dtype=np.float32)
         else:
             if not isinstance(out, np.ndarray):
                 raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
@@ -589,13 +586,15 @@ cdef class Context:
         elif progress is not None and not callable(progress):
             raise TypeError(f"progress must be callable or a bool, got {type(progress).__name__}")
         if n == 0:
+            if per_token:
+                return TokenEmbeddings(np.empty((0, d), dtype=np.float32), np.zeros(1, dtype=np.int64))
             return result
         view = result
         self._enter()
         t0 = ll.llama_time_us()
         try:
-            tokens, truncated, batches = _embed_into(self, items, view, normalize, truncate,
-                                                     progress, budget)
+            tokens, truncated, batches, values, offsets = _embed_into(
+                self, items, view, normalize, truncate, progress, budget, per_token)
         finally:
             self._leave()
             if bar is not None:
@@ -604,10 +603,29 @@ cdef class Context:
         self.last_embedding_stats = EmbeddingStats(
             texts=n, tokens=tokens, truncated=truncated, batches=batches,
             ms=(ll.llama_time_us() - t0) / 1000.0)
+        if per_token:
+            return TokenEmbeddings(values, offsets)
         return result
 
+    def get_token_embeddings(self, texts, *, normalize=True, truncate=True, progress=None,
+                             batch_tokens=None):
+        """One vector per token of each text, as :class:`~llama_cython.TokenEmbeddings`.
+
+        Needs a context created with ``embeddings=True, pooling="none"``; otherwise the same
+        as :meth:`get_embeddings_batch` (which returns the same thing on such a context).
+        """
+        self._check_embeddings()
+        if ll.llama_pooling_type_of(self._ctx) != ll.LLAMA_POOLING_TYPE_NONE:
+            raise ContextError(f"this context pools one vector per text (pooling {self.pooling!r}); "
+                               "create it with pooling='none' for one vector per token")
+        return self.get_embeddings_batch(texts, normalize=normalize, truncate=truncate,
+                                         progress=progress, batch_tokens=batch_tokens)
+
     def get_embeddings(self, text, *, normalize=True, truncate=True):
-        """The embedding of one text: a float32 array of shape ``(n_embd,)``."""
+        """The embedding of one text: a float32 array of shape ``(n_embd,)``.
+
+        On a context whose pooling is ``'none'``: one vector per token, ``(n_tokens, n_embd)``.
+        """
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         return self.get_embeddings_batch((text,), normalize=normalize, truncate=truncate)[0]

@@ -15,6 +15,7 @@ from llama_cython.encoding import Encoding
 from llama_cython.stats import ChatResponse, EmbeddingStats, GenerationStats
 from llama_cython.streaming import AsyncGenerationStream
 from llama_cython.token_batch import TokenBatch
+from llama_cython.token_embeddings import TokenEmbeddings
 from llama_cython.vocab import Vocab
 
 _Path: TypeAlias = str | bytes | os.PathLike[str] | os.PathLike[bytes]
@@ -259,6 +260,15 @@ class Context:
         progress: Callable[[int], bool | None] | bool | None = None,
         batch_tokens: int | None = None,
     ) -> npt.NDArray[np.float32]: ...
+    def get_token_embeddings(
+        self,
+        texts: Iterable[str],
+        *,
+        normalize: bool = True,
+        truncate: bool = True,
+        progress: Callable[[int], bool | None] | bool | None = None,
+        batch_tokens: int | None = None,
+    ) -> TokenEmbeddings: ...
     def get_embeddings(
         self, text: str, *, normalize: bool = True, truncate: bool = True
     ) -> npt.NDArray[np.float32]: ...

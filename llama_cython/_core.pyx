@@ -63,6 +63,7 @@ from llama_cython.errors import (
 from llama_cython.encoding import Encoding
 from llama_cython.stats import ChatResponse, ChatUsage, EmbeddingStats, GenerationStats
 from llama_cython.token_batch import TokenBatch
+from llama_cython.token_embeddings import TokenEmbeddings
 from llama_cython.vocab import Vocab
 
 include "_log.pxi"

@@ -69,14 +69,19 @@ cdef inline void _write_row(const float * src, float * dst, int32_t d, bint norm
 
 
 cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint normalize,
-                        bint truncate, object progress, int32_t budget):
-    """Embed ``texts`` into the rows of ``out``; returns (tokens, truncated, batches)."""
+                        bint truncate, object progress, int32_t budget, bint per_token=False):
+    """Embed ``texts`` into the rows of ``out``; returns (tokens, truncated, batches, None, None).
+
+    With ``per_token`` (a context whose pooling is 'none'), ``out`` is ignored: every token's
+    vector is written into a new ``(T, D)`` array, text i's rows being offsets[i]:offsets[i + 1];
+    returns (tokens, truncated, batches, values, offsets).
+    """
     cdef const ll.llama_vocab * vocab = self.model._vocab
     cdef ll.llama_context * ctx = self._ctx
     cdef ll.llama_batch_ext * batch = self._batch
     cdef ll.llama_memory_t mem = ll.llama_get_memory(ctx)
     cdef Py_ssize_t n = len(texts), i, pos = 0, too_long = -1
-    cdef int32_t d = out.shape[1], n_seq_max = ll.llama_n_seq_max(ctx)
+    cdef int32_t d = ll.llama_model_n_embd_out(self.model._model), n_seq_max = ll.llama_n_seq_max(ctx)
     cdef int32_t max_len = ll.llama_n_ubatch(self._ctx)   # a text must fit one ubatch
     cdef int32_t n_train = ll.llama_model_n_ctx_train(self.model._model)
     cdef int32_t n_seq, n_tok, L, j, k, rc = 0
@@ -88,6 +93,8 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
     cdef vector[int64_t] offs
     cdef vector[pair[int32_t, int32_t]] order
     cdef vector[int32_t] rows
+    cdef vector[int32_t] first       # batch index of each sequence's first token (per_token)
+    cdef int64_t row0
     cdef bint failed = False, cancelled = False, stop_asked = False
     cdef bint has_progress = progress is not None
     cdef int64_t mark = _log_mark()
@@ -101,6 +108,7 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
     _check_specials(self.model, True)
     cdef _TextBuffers buf = _TextBuffers(texts, False, "strict", INT32_MAX // 2)
     rows.resize(n_seq_max)
+    first.resize(n_seq_max)
     with nogil:
         _tokenize_all(vocab, &buf.ptrs, &buf.sizes, max_len, truncate, keep_last, &toks, &offs,
                       &n_truncated, &too_long)
@@ -108,6 +116,15 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
         raise ContextSizeError(
             f"texts[{too_long}] is longer than {max_len} tokens, the most one batch of this context "
             f"(and the model) can embed; pass truncate=True to cut it")
+    values = offsets = None
+    if per_token:
+        offsets = np.empty(n + 1, dtype=np.int64)
+        for i in range(n + 1):
+            offsets[i] = offs[i]
+        values = np.empty((offs[n], d), dtype=np.float32)
+        if offs[n] == 0:
+            return 0, n_truncated, 0, values, offsets
+        out = values
     order.resize(n)
     for i in range(n):
         order[i].first = <int32_t>(offs[i + 1] - offs[i])
@@ -117,7 +134,8 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
         # Texts with no tokens (an empty string on a model that adds no special tokens) have
         # no embedding: their rows are zeros.
         while pos < n and order[pos].first == 0:
-            memset(&out[order[pos].second, 0], 0, d * sizeof(float))
+            if not per_token:
+                memset(&out[order[pos].second, 0], 0, d * sizeof(float))
             pos += 1
     while pos < n:
         with nogil:
@@ -134,6 +152,7 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
                     if n_seq > 0 and n_tok + L > budget:
                         break      # the budget is a target; a longer text gets a batch alone
                     start = offs[order[pos].second]
+                    first[n_seq] = n_tok
                     for j in range(L):
                         k = ll.llama_batch_ext_add_token(batch, n_seq, toks[start + j])
                         if k < 0:
@@ -156,12 +175,22 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
                     failed = True
                     break
                 for j in range(n_seq):
-                    src = ll.llama_get_embeddings_seq(ctx, j)
+                    if per_token:
+                        row0 = offs[rows[j]]
+                        L = <int32_t>(offs[rows[j] + 1] - row0)
+                        for k in range(L):
+                            src = ll.llama_get_embeddings_ith(ctx, first[j] + k)
+                            if src == NULL:
+                                break
+                            _write_row(src, &out[row0 + k, 0], d, normalize)
+                    else:
+                        src = ll.llama_get_embeddings_seq(ctx, j)
                     if src == NULL:
                         rc = -3
                         failed = True
                         break
-                    _write_row(src, &out[rows[j], 0], d, normalize)
+                    if not per_token:
+                        _write_row(src, &out[rows[j], 0], d, normalize)
                 if failed:
                     break
                 n_batches += 1
@@ -177,9 +206,9 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
     self._logits_ok = False
     if failed:
         if rc == -3:
-            raise ContextError("llama.cpp returned no pooled embedding; the context's pooling is "
-                               f"{self.pooling!r}")
+            raise ContextError("llama.cpp returned no embedding for a text; the context's pooling "
+                               f"is {self.pooling!r}")
         raise _decode_error(rc, "get_embeddings_batch", self.n_ctx, mark)
     if cancelled or stop_asked:
         raise _decode_error(2, "get_embeddings_batch", self.n_ctx, mark)
-    return offs[n], n_truncated, n_batches
+    return offs[n], n_truncated, n_batches, values, offsets

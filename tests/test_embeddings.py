@@ -281,3 +281,37 @@ def test_two_contexts_in_two_threads(minilm, sentences):
         tb.join()
     np.testing.assert_array_equal(results["a"], ref_a)
     np.testing.assert_array_equal(results["b"], ref_b)
+
+
+@pytest.mark.parametrize("name", ["minilm", "smol"])
+def test_pooling_none_gives_token_embeddings(request, name, minilm):
+    """pooling='none': one vector per token, as a ragged (values, offsets) pair."""
+    model = request.getfixturevalue(name)
+    texts = ["hello world", "", "a much longer sentence with more tokens in it, and a comma", "x"]
+    lengths = [len(model.tokenize(t)) for t in texts]
+    d = model.n_embd_out
+    with model.new_context(embeddings=True, pooling="none", n_ctx=512) as c:
+        emb = c.get_embeddings_batch(texts, normalize=False)
+        assert isinstance(emb, llama.TokenEmbeddings) and len(emb) == len(texts)
+        assert emb.values.dtype == np.float32 and emb.values.shape == (sum(lengths), d)
+        assert emb.lengths.tolist() == lengths and emb.offsets[0] == 0
+        assert np.shares_memory(emb[2], emb.values)
+        for i, text in enumerate(texts):
+            alone = c.get_embeddings(text, normalize=False)
+            assert alone.shape == (lengths[i], d)
+            np.testing.assert_allclose(alone, emb[i], atol=1e-3, rtol=1e-3)
+        unit = c.get_token_embeddings(texts)
+        norms = np.linalg.norm(unit.values, axis=1)
+        assert np.allclose(norms[norms > 0], 1.0, atol=1e-5)
+        with pytest.raises(ValueError, match="out="):
+            c.get_embeddings_batch(texts, out=np.empty((len(texts), d), np.float32))
+        empty = c.get_embeddings_batch([])
+        assert len(empty) == 0 and empty.values.shape == (0, d)
+        assert c.last_embedding_stats.tokens == sum(lengths)
+    if name == "minilm":
+        # the mean of the token vectors is what mean pooling gives
+        with model.new_context(embeddings=True, pooling="mean") as m:
+            pooled = m.get_embeddings_batch(texts, normalize=False)
+        np.testing.assert_allclose(emb.mean(), pooled, atol=1e-3, rtol=1e-3)
+        with model.new_context(embeddings=True) as m, pytest.raises(ContextError, match="pooling='none'"):
+            m.get_token_embeddings(texts)
