@@ -132,6 +132,7 @@ CONTEXT_CALLS = {
     "get_embeddings": lambda c: c.get_embeddings("Hi"),
     "get_embeddings_batch": lambda c: c.get_embeddings_batch(["Hi"]),
     "iter_embeddings": lambda c: c.iter_embeddings(["Hi"]),
+    "get_token_embeddings": lambda c: c.get_token_embeddings(["Hi"]),
 }
 MODEL_READABLE_AFTER_CLOSE = {"closed", "close", "path", "vocab_only"}
 MODEL_CALLS = {
@@ -140,6 +141,10 @@ MODEL_CALLS = {
     "token_to_piece": lambda m: m.token_to_piece(1),
     "is_eog": lambda m: m.is_eog(1),
     "new_context": lambda m: m.new_context(n_ctx=256),
+    "tokenize_batch": lambda m: m.tokenize_batch(["Hi"]),
+    "count_tokens": lambda m: m.count_tokens(["Hi"]),
+    "detokenize_batch": lambda m: m.detokenize_batch([[1, 2]]),
+    "encode": lambda m: m.encode("Hi"),
 }
 
 
