@@ -44,17 +44,21 @@ def run_demo(model_name: str, prompt: str, max_tokens: int) -> None:
         print(f"  chat template {'yes' if model.chat_template else 'no'}")
 
         text = "Tokenizers split text into pieces: naïve café, 東京, 🦙!"
-        ids = model.tokenize(text)
+        enc = model.encode(text)
+        ids = enc.ids
         print(f"\n== Tokenization of {text!r}")
         print(f"  {len(ids)} tokens, numpy {ids.dtype} array: {ids.tolist()}")
-        for tok in ids:
-            piece = model.token_to_piece(int(tok))
+        print("       id  piece                  text it covers (char offsets)")
+        for tok, piece, (start, end) in zip(ids.tolist(), enc.pieces, enc.char_offsets.tolist()):
             try:
                 shown = repr(piece.decode("utf-8"))
             except UnicodeDecodeError:   # part of a multi-byte character: show the bytes
                 shown = repr(piece)
-            print(f"  {int(tok):>7}  {shown}")
+            print(f"  {tok:>7}  {shown:<22} {text[start:end]!r} [{start}:{end}]")
         print(f"  detokenized: {model.detokenize(ids, remove_special=True)!r}")
+        batch = model.tokenize_batch([text, "a second text", "and a third"])
+        print(f"  tokenize_batch of 3 texts: {batch}, lengths {batch.lengths.tolist()}; "
+              f"vocabulary: {model.vocab}")
 
         with model.new_context(n_ctx=1024) as ctx:
             print(f"\n== Greedy generation (n_ctx={ctx.n_ctx}, {ctx.n_threads} threads, "
