@@ -388,6 +388,23 @@ def measure_hf(job: Job, source: str, threads: int, call: str) -> Result | None:
 _OURS_MODELS: dict[Path, Any] = {}
 
 
+def _repeats_for(path: Path, texts: list[str], repeats: int, min_seconds: float) -> int:
+    """``repeats``, or more when one single-thread call takes less than min_seconds / repeats:
+    a 15 ms call timed 5 times says more about the machine's scheduling than about the code.
+    The probe is one untimed C-loop-equivalent call (ours, one thread), the same for all sides."""
+    try:
+        import llama_cython
+    except ImportError:
+        return repeats
+    model = _OURS_MODELS.get(path)
+    if model is None:
+        model = _OURS_MODELS[path] = llama_cython.load_model(str(path), vocab_only=True)
+    t0 = time.perf_counter()
+    model.count_tokens(texts, n_threads=1)
+    once = max(time.perf_counter() - t0, 1e-6)
+    return max(repeats, min(200, int(min_seconds / once) + 1))
+
+
 def measure_ours(job: Job, threads: int | None, call: str = "tokenize_batch") -> Result | None:
     """llama_cython, in this process.
 
@@ -709,7 +726,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-texts", type=int, default=corpus.N_TEXTS, help="sentences in the corpus")
     ap.add_argument("--doc-bytes", type=int, default=DOC_BYTES, help="size of the document")
     ap.add_argument("--threads", default="1,2", help="thread counts for ours, the C loop and HF")
-    ap.add_argument("--repeats", type=int, default=5, help="timed whole calls per side")
+    ap.add_argument("--repeats", type=int, default=5, help="timed whole calls per side (at least)")
+    ap.add_argument(
+        "--min-seconds",
+        type=float,
+        default=1.0,
+        help="more repeats for fast inputs: about this many seconds of single-thread calls per side",
+    )
     ap.add_argument("--no-add-special", action="store_true", help="add_special=False on every side")
     ap.add_argument("--count-tokens", action="store_true", help="also time ours' count_tokens (t=1)")
     ap.add_argument(
@@ -776,9 +799,8 @@ def main(argv: list[str] | None = None) -> int:
             path = models.model_path(name)
         hf_source = HF_SOURCE.get(name)
         for inp in inputs:
-            job = Job(
-                name, path, inp, texts_by_input[inp], *files[inp], not args.no_add_special, args.repeats
-            )
+            repeats = _repeats_for(path, texts_by_input[inp], args.repeats, args.min_seconds)
+            job = Job(name, path, inp, texts_by_input[inp], *files[inp], not args.no_add_special, repeats)
             first = len(results)
             # single thread first, then more
             for t in threads:
