@@ -167,15 +167,7 @@ def c_text(run: dict[str, Any]) -> str:
 
 def build_reference() -> Path:
     """Build (or find cached) the C loop; the build's tool output goes to stderr, not stdout."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        return build_native.build_program("c-generate-loop")
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+    return build_native.build_program_quietly("c-generate-loop")
 
 
 def bench_mode(exe: Path, model_file: Path, ctx: Any, prompt: str, args: argparse.Namespace,

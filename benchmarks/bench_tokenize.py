@@ -214,15 +214,7 @@ def build_c_loop() -> Path:
     sys.path.insert(0, str(ROOT / "scripts"))
     import build_native
 
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        return build_native.build_program("c-tokenize-loop")
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+    return build_native.build_program_quietly("c-tokenize-loop")
 
 
 # -- sides --------------------------------------------------------------------------------------

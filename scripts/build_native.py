@@ -33,6 +33,20 @@ def _known_sources(source_dir: Path) -> dict[str, Path]:
     }
 
 
+def build_program_quietly(name: str) -> Path:
+    """:func:`build_program` with the build tools' output sent to stderr, so that a benchmark's
+    stdout holds only its results."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        return build_program(name)
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def build_program(name: str, source: Path | None = None) -> Path:
     """Return the path of executable ``name`` built from ``source`` (or a known program)."""
     lib = build_llama_cpp.build()
