@@ -616,11 +616,10 @@ cdef class Model:
         pieces_flat, piece_offsets = _pieces(self, &iv[0], n, True)
         attrs = np.empty(n, dtype=np.uint32)
         cdef uint32_t[::1] av = attrs
+        tokens = [None] * n
         for i in range(n):
             av[i] = ll.llama_vocab_get_attr(self._vocab, iv[i])
-        texts_flat, text_offsets, _, _ = self._vocab_table()
-        tokens = [texts_flat[text_offsets[t]:text_offsets[t + 1]].decode("utf-8", "replace")
-                  for t in ids.tolist()]
+            tokens[i] = (<bytes>ll.llama_vocab_get_text(self._vocab, iv[i])).decode("utf-8", "replace")
         info = _vocab_info(self)
         return Encoding._build(text, data, ids, _split_bytes(pieces_flat, piece_offsets), tokens,
                                attrs, info["type"], info.get("unk"))
