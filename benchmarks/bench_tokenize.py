@@ -59,7 +59,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,21 @@ class Result:
     @property
     def label(self) -> str:
         return f"{self.side} {self.setting}"
+
+
+def _merge(parts: list[Result]) -> Result:
+    """One result from the rounds of one side: all their timed calls, their median."""
+    runs = [x for r in parts for x in r.runs]
+    sec = statistics.median(runs)
+    n_texts = parts[0].texts_per_s * parts[0].seconds
+    return replace(
+        parts[0],
+        runs=runs,
+        seconds=sec,
+        texts_per_s=n_texts / sec,
+        tokens_per_s=parts[0].n_tokens / sec,
+        other_cpu=max(r.other_cpu for r in parts),
+    )
 
 
 def _result(
@@ -720,6 +735,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", default="1,2", help="thread counts for ours, the C loop and HF")
     ap.add_argument("--repeats", type=int, default=5, help="timed whole calls per side (at least)")
     ap.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds of the C loop and ours (repeats split)"
+    )
+    ap.add_argument(
         "--min-seconds",
         type=float,
         default=1.0,
@@ -773,7 +791,28 @@ def main(argv: list[str] | None = None) -> int:
     all_ok = True
 
     def add(fn: Any, *fn_args: Any) -> None:
-        r = measured(lambda: fn(*fn_args), args.max_other, args.tries, args.quiet_wait)
+        show(measured(lambda: fn(*fn_args), args.max_other, args.tries, args.quiet_wait))
+
+    def add_interleaved(job: Job, threads: int) -> None:
+        """The C loop and ours at one thread count, in alternating rounds: a slow spell of the
+        machine then falls on both sides instead of on whichever ran during it."""
+        calls: list[Any] = []
+        if exe is not None:
+            calls.append(lambda j: measure_c(exe, j, threads))
+        if "ours" in sides:
+            calls.append(lambda j: measure_ours(j, threads))
+        rounds = max(1, min(args.rounds, job.repeats))
+        per_round = replace(job, repeats=-(-job.repeats // rounds))
+        parts: list[list[Result]] = [[] for _ in calls]
+        for _ in range(rounds):
+            for i, call in enumerate(calls):
+                r = measured(lambda c=call: c(per_round), args.max_other, args.tries, args.quiet_wait)
+                if r is not None:
+                    parts[i].append(r)
+        for rs in parts:
+            show(_merge(rs) if rs else None)
+
+    def show(r: Result | None) -> None:
         if r is not None:
             results.append(r)
             print(
@@ -796,10 +835,7 @@ def main(argv: list[str] | None = None) -> int:
             first = len(results)
             # single thread first, then more
             for t in threads:
-                if exe is not None:
-                    add(measure_c, exe, job, t)
-                if "ours" in sides:
-                    add(measure_ours, job, t)
+                add_interleaved(job, t)
                 if "lcp" in sides and t == 1:
                     add(measure_lcp, job)
                 if "hf" in sides and hf_source is not None:
