@@ -26,7 +26,8 @@ Pooling: TypeAlias = Literal["none", "mean", "cls", "last", "rank"] | None
 _Stop: TypeAlias = str | Sequence[str] | None
 _Messages: TypeAlias = Sequence[ChatMessage | Mapping[str, Any]]
 _Callback: TypeAlias = Callable[[str], bool | None]
-_Texts: TypeAlias = Sequence[str | bytes] | Iterable[str | bytes]
+_ArrowStrings: TypeAlias = Any  # a pyarrow string/large_string Array or ChunkedArray
+_Texts: TypeAlias = Sequence[str | bytes] | Iterable[str | bytes] | _ArrowStrings
 _Errors: TypeAlias = Literal["strict", "replace"]
 
 class SamplingOptions(TypedDict, total=False):

@@ -26,7 +26,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.math cimport INFINITY, isfinite, sqrt
-from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, INT32_MAX, INT32_MIN
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t, INT32_MAX, INT32_MIN
 from libc.string cimport memcpy, memset
 from libcpp cimport bool as cppbool
 from libcpp.deque cimport deque

@@ -548,8 +548,10 @@ cdef class Model:
 
         Items are ``str`` or UTF-8 ``bytes``. Bytes that are not valid UTF-8 raise
         :class:`TokenizeError` naming the text (``errors="strict"``) or are replaced with
-        U+FFFD first (``errors="replace"``). The ids are those of :meth:`tokenize` for each
-        text, whatever the number of threads.
+        U+FFFD first (``errors="replace"``). A pyarrow ``string``/``large_string`` Array or
+        ChunkedArray (a Parquet column) is read straight from its buffers, with no Python
+        object per text; nulls are a TypeError. The ids are those of :meth:`tokenize` for
+        each text, whatever the number of threads.
 
         >>> batch = model.tokenize_batch(["Hello world", "Bonjour"])   # doctest: +SKIP
         >>> len(batch), batch.lengths                                   # doctest: +SKIP

@@ -74,3 +74,61 @@ cdef class _TextBuffers:
             self.ptrs[i] = p
             self.sizes[i] = size
             self.total += size
+
+
+cdef const char * _EMPTY = ""
+
+
+cdef _TextBuffers _arrow_text_buffers(object texts):
+    """_TextBuffers over the buffers of a pyarrow string Array or ChunkedArray (no copy, no
+    Python object per text), or None when ``texts`` is not one. Arrow's strings are UTF-8 by
+    its specification; a text that is not is a TokenizeError, and a null a TypeError."""
+    if not (type(texts).__module__ or "").startswith("pyarrow"):
+        return None
+    import pyarrow as pa
+    if isinstance(texts, pa.ChunkedArray):
+        chunks = list(texts.chunks)
+    elif isinstance(texts, pa.Array):
+        chunks = [texts]
+    else:
+        return None
+    cdef _TextBuffers buf = _TextBuffers.__new__(_TextBuffers, ())
+    buf.replaced = chunks          # keeps the Arrow buffers alive while the pointers are used
+    cdef Py_ssize_t start = 0, i, k, at
+    cdef int64_t size, bad = -1
+    cdef const int64_t[::1] offs
+    cdef const char * base
+    for chunk in chunks:
+        if pa.types.is_string(chunk.type):
+            width = np.int32
+        elif pa.types.is_large_string(chunk.type):
+            width = np.int64
+        else:
+            raise TypeError(f"texts must be strings; got a pyarrow array of {chunk.type}")
+        k = len(chunk)
+        if k == 0:
+            continue
+        if chunk.null_count:
+            first = int(np.flatnonzero(chunk.is_null().to_numpy(zero_copy_only=False))[0])
+            raise TypeError(f"texts[{start + first}] is null")
+        _, offsets_buf, data_buf = chunk.buffers()
+        offs = np.frombuffer(offsets_buf, dtype=width, count=chunk.offset + k + 1)[chunk.offset:].astype(np.int64)
+        base = <const char *><uintptr_t>data_buf.address if data_buf is not None else _EMPTY
+        at = buf.ptrs.size()
+        buf.ptrs.resize(at + k)
+        buf.sizes.resize(at + k)
+        with nogil:
+            for i in range(k):
+                size = offs[i + 1] - offs[i]
+                buf.ptrs[at + i] = base + offs[i] if size else _EMPTY
+                buf.sizes[at + i] = size
+                buf.total += size
+                if bad < 0 and (size > INT32_MAX or
+                                utf8_invalid_at(<const unsigned char *>(base + offs[i]), size) != size):
+                    bad = at + i
+        if bad >= 0:
+            if buf.sizes[bad] > INT32_MAX:
+                raise TokenizeError(f"texts[{bad}] is too long ({buf.sizes[bad]} bytes; at most {INT32_MAX})")
+            raise TokenizeError(f"texts[{bad}] is not valid UTF-8")
+        start += k
+    return buf

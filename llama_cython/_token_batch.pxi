@@ -47,10 +47,11 @@ cdef object _run_tokenize_batch(Model m, object texts, bint add_special, bint pa
     """(counts int64, ids int32 or None) for ``texts``; see Model.tokenize_batch."""
     if errors not in ("strict", "replace"):
         raise OptionError(f"errors must be 'strict' or 'replace', got {errors!r}")
-    cdef tuple items = _text_tuple(texts, "use tokenize(text) for one")
+    cdef _TextBuffers buf = _arrow_text_buffers(texts)
+    if buf is None:
+        buf = _TextBuffers(_text_tuple(texts, "use tokenize(text) for one"), True, errors, INT32_MAX)
     _check_specials(m, add_special)
-    cdef _TextBuffers buf = _TextBuffers(items, True, errors, INT32_MAX)
-    cdef Py_ssize_t n = len(items)
+    cdef Py_ssize_t n = buf.ptrs.size()
     cdef int threads = _batch_threads(n_threads, buf.total, n)
     counts = np.zeros(n, dtype=np.int64)
     if n == 0:

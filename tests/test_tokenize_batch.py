@@ -181,3 +181,25 @@ def test_to_pandas(smol, sentences):
     series = batch.to_pandas()
     assert len(series) == 20 and series.name == "ids"
     assert [s.tolist() for s in series] == batch.to_list()
+
+
+def test_arrow_strings_are_read_from_their_buffers(smol, sentences):
+    pa = pytest.importorskip("pyarrow")
+    texts = [*sentences[:300], "", "é" * 10]
+    expected = smol.tokenize_batch(texts)
+    for arr in (pa.array(texts), pa.array(texts, pa.large_string()),
+                pa.chunked_array([texts[:100], texts[100:250], [], texts[250:]])):
+        assert smol.tokenize_batch(arr, n_threads=2) == expected
+        assert smol.count_tokens(arr).tolist() == expected.lengths.tolist()
+    sliced = pa.array(texts)[17:40]   # a slice starts at an offset into the buffers
+    assert smol.tokenize_batch(sliced) == expected[17:40]
+    assert len(smol.tokenize_batch(pa.array([], pa.string()))) == 0
+    with pytest.raises(TypeError, match=r"texts\[2\] is null"):
+        smol.tokenize_batch(pa.array(["a", "b", None]))
+    with pytest.raises(TypeError, match="must be strings"):
+        smol.tokenize_batch(pa.array([1, 2]))
+    bad = pa.Array.from_buffers(pa.string(), 2, [None, pa.py_buffer(np.array([0, 1, 3], np.int32)),
+                                                 pa.py_buffer(b"a\xff\xfe")])
+    with pytest.raises(TokenizeError, match=r"texts\[1\] is not valid UTF-8"):
+        smol.tokenize_batch(bad)
+    assert smol.tokenize_batch(pa.array(["still fine"])).n_tokens > 0
