@@ -120,6 +120,36 @@ class TokenBatch(Sequence["npt.NDArray[np.int32]"]):
         ids = np.concatenate(parts) if parts else np.empty(0, dtype=np.int32)
         return TokenBatch(ids, offsets)
 
+    def pad(
+        self, length: int | None = None, *, pad_id: int = 0, side: str = "right"
+    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.bool_]]:
+        """A rectangular ``(N, length)`` int32 array and its mask (True where a token is).
+
+        ``length`` defaults to the longest text; longer texts keep their first ``length``
+        tokens. ``side="left"`` puts the padding first (as decoder batches want).
+
+        >>> ids, mask = TokenBatch(np.array([5, 6, 7], np.int32), np.array([0, 2, 3])).pad(pad_id=-1)
+        >>> ids
+        array([[ 5,  6],
+               [ 7, -1]], dtype=int32)
+        >>> mask.sum(axis=1)
+        array([2, 1])
+        """
+        if side not in ("right", "left"):
+            raise ValueError(f"side must be 'right' or 'left', got {side!r}")
+        lengths = np.diff(self.offsets)
+        width = int(lengths.max(initial=0)) if length is None else operator.index(length)
+        if width < 0:
+            raise ValueError(f"length must be >= 0, got {width}")
+        keep = np.minimum(lengths, width)
+        cols = np.arange(width, dtype=np.int64)[None, :]
+        shift = (width - keep)[:, None] if side == "left" else 0
+        mask = (cols >= shift) & (cols < shift + keep[:, None])
+        ids = np.full((len(self), width), pad_id, dtype=np.int32)
+        src = self.offsets[:-1, None] + cols - shift
+        ids[mask] = self.ids[src[mask]]
+        return ids, mask
+
     def to_list(self) -> list[list[int]]:
         """The ids as a list of lists of ``int`` (for code that wants plain Python)."""
         flat = self.ids.tolist()

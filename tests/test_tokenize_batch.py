@@ -203,3 +203,24 @@ def test_arrow_strings_are_read_from_their_buffers(smol, sentences):
     with pytest.raises(TokenizeError, match=r"texts\[1\] is not valid UTF-8"):
         smol.tokenize_batch(bad)
     assert smol.tokenize_batch(pa.array(["still fine"])).n_tokens > 0
+
+
+def test_pad_to_a_rectangle(smol, sentences):
+    batch = smol.tokenize_batch(sentences[:50])
+    ids, mask = batch.pad(pad_id=-1)
+    assert ids.dtype == np.int32 and ids.shape == (50, batch.lengths.max()) and mask.shape == ids.shape
+    for i, row in enumerate(batch):
+        assert ids[i, mask[i]].tolist() == row.tolist() and (ids[i, ~mask[i]] == -1).all()
+        assert mask[i, : len(row)].all()
+    left, lmask = batch.pad(side="left")
+    for i, row in enumerate(batch):
+        assert left[i, lmask[i]].tolist() == row.tolist() and lmask[i, left.shape[1] - len(row):].all()
+    cut, cmask = batch.pad(8)
+    assert cut.shape == (50, 8) and all(cut[i, : min(8, n)].tolist() == batch[i][:8].tolist()
+                                        for i, n in enumerate(batch.lengths))
+    empty, emask = llama.TokenBatch(np.empty(0, np.int32), np.zeros(1, np.int64)).pad()
+    assert empty.shape == (0, 0) and emask.shape == (0, 0)
+    with pytest.raises(ValueError):
+        batch.pad(side="middle")
+    with pytest.raises(ValueError):
+        batch.pad(-1)
