@@ -215,7 +215,8 @@ def test_pad_to_a_rectangle(smol, sentences):
     left, lmask = batch.pad(side="left")
     for i, row in enumerate(batch):
         assert left[i, lmask[i]].tolist() == row.tolist() and lmask[i, left.shape[1] - len(row):].all()
-    cut, cmask = batch.pad(8)
+    cut, cut_mask = batch.pad(8)
+    assert cut_mask.sum() == np.minimum(batch.lengths, 8).sum()
     assert cut.shape == (50, 8) and all(cut[i, : min(8, n)].tolist() == batch[i][:8].tolist()
                                         for i, n in enumerate(batch.lengths))
     empty, emask = llama.TokenBatch(np.empty(0, np.int32), np.zeros(1, np.int64)).pad()
