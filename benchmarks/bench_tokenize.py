@@ -315,25 +315,17 @@ def run_worker(args: list[str], threads: int) -> tuple[dict[str, Any], float]:
     return json.loads(proc.stdout.strip().splitlines()[-1]), load.share
 
 
+def _peer_args(job: Job, peer: str, out: Path) -> list[str]:
+    """The worker arguments every peer side takes."""
+    return [
+        "--peer", peer, "--model-path", str(job.path), "--texts", str(job.json_file),
+        "--out", str(out), "--repeats", str(job.repeats), "--add-special", str(int(job.add_special)),
+    ]  # fmt: skip
+
+
 def measure_lcp(job: Job) -> Result:
     out = job.prefix("lcp")
-    info, other = run_worker(
-        [
-            "--peer",
-            "lcp",
-            "--model-path",
-            str(job.path),
-            "--texts",
-            str(job.json_file),
-            "--out",
-            str(out),
-            "--repeats",
-            str(job.repeats),
-            "--add-special",
-            str(int(job.add_special)),
-        ],
-        1,
-    )
+    info, other = run_worker(_peer_args(job, "lcp", out), 1)
     runs, n_tokens = info.pop("runs"), info.pop("n_tokens")
     return _result(
         job.model,
@@ -354,18 +346,7 @@ def measure_hf(job: Job, source: str, threads: int, call: str) -> Result | None:
     out = job.prefix(f"hf-{call}-t{threads}")
     info, other = run_worker(
         [
-            "--peer",
-            "hf",
-            "--model-path",
-            str(job.path),
-            "--texts",
-            str(job.json_file),
-            "--out",
-            str(out),
-            "--repeats",
-            str(job.repeats),
-            "--add-special",
-            str(int(job.add_special)),
+            *_peer_args(job, "hf", out),
             "--hf-source",
             source,
             "--hf-call",
