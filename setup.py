@@ -1,27 +1,50 @@
-"""Build of llama_cython: llama.cpp's ``llama`` target (static), then the one C++ extension.
+"""Build of llama_cython: llama.cpp's ``llama`` target (static), then the compiled core.
 
-The llama.cpp part lives in ``scripts/build_llama_cpp.py`` (fetch if missing, configure once,
-build in a cached folder keyed on commit + options + compiler); this file only wires it into
-setuptools' ``build_ext``. Environment switches: ``LLAMA_CYTHON_PORTABLE=1`` (no -march=native),
-``LLAMA_CYTHON_CUDA=1`` (CUDA backend), ``LLAMA_CPP_DIR`` (your own llama.cpp checkout),
-``LLAMA_CYTHON_ANNOTATE=1`` (write cython -a HTML next to the sources).
+The llama.cpp part lives in ``scripts/build_llama_cpp.py`` (fetch if missing, build once per
+machine in a cache keyed on commit + options + compiler); this file wires it into setuptools:
+
+- ``_core.pyx`` is cythonized once and compiled once, then linked once per CPU variant into
+  ``llama_cython/_variants/<variant>/_core*.so`` (one variant, ``native``, for a source build;
+  ``x86_64_v2``/``v3``/``v4`` with ``LLAMA_CYTHON_PORTABLE=1``), and
+  ``llama_cython/_variants/variants.json`` says what each needs of the CPU. At import,
+  ``llama_cython/_loader.py`` loads the best one the running CPU supports;
+- ``llama_cython._cpuid`` is a small C module (no llama.cpp in it) that the loader asks;
+- ``sdist`` fetches the pinned llama.cpp first, so that the archive carries its sources and
+  builds with no network.
+
+Environment switches: ``LLAMA_CYTHON_PORTABLE=1``, ``LLAMA_CYTHON_CUDA=1``, ``LLAMA_CPP_DIR``
+(your own llama.cpp checkout), ``LLAMA_CYTHON_ANNOTATE=1`` (write cython -a HTML next to the
+sources); see README.md.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext as _build_ext
+from setuptools.command.sdist import sdist as _sdist
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
+CORE = "llama_cython._core"
+CORE_PYX = "llama_cython/_core.pyx"
+VARIANTS_PACKAGE = "llama_cython._variants"
+# -g0: no debug information (Python's own CFLAGS ask for it), which would triple the module.
+COMPILE_ARGS = ["-std=c++17", "-O2", "-g0", "-fvisibility=hidden", "-Wno-unused-function"]
+
+
+def _variant_ext_name(variant: str) -> str:
+    return f"{VARIANTS_PACKAGE}.{variant}._core"
+
 
 class build_ext(_build_ext):
-    """Build llama.cpp first, then cythonize and compile ``llama_cython._core`` against it."""
+    """Build llama.cpp, then the core once per CPU variant, and write the variants' manifest."""
 
     def finalize_options(self) -> None:
         super().finalize_options()
@@ -33,30 +56,105 @@ class build_ext(_build_ext):
         from Cython.Build import cythonize
 
         lib = build_llama_cpp.build()
-        for ext in self.extensions:
-            ext.include_dirs = [str(p) for p in lib.include_dirs] + list(ext.include_dirs)
-            ext.extra_link_args = build_llama_cpp.link_args(lib) + lib.extra_link_args + list(ext.extra_link_args)
-            ext.depends = [str(p) for p in lib.static_libs] + list(ext.depends)
+        self._llama = lib
+        variants = {e.name: e for e in self.extensions if e.name.startswith(VARIANTS_PACKAGE + ".")}
+        if sorted(variants) != sorted(_variant_ext_name(v.name) for v in lib.variants):
+            raise RuntimeError(f"the build made variants {[v.name for v in lib.variants]}, setup.py "
+                               f"expected {sorted(variants)}")
+        others = [e for e in self.extensions if e.name not in variants]
+        # The core is cythonized once, as the module llama_cython._core, and compiled once
+        # (build_extensions); each variant links that object with its own ggml-cpu.
         # cythonize returns plain distutils Extensions; keep setuptools' own objects and only
-        # take the generated .cpp sources from it.
+        # take the generated sources from it.
+        template = Extension(CORE, sources=[CORE_PYX], language="c++")
         generated = cythonize(
-            self.extensions,
+            [template, *others],
             compiler_directives={"language_level": 3, "embedsignature": True},
             include_path=[str(ROOT)],
             annotate=os.environ.get("LLAMA_CYTHON_ANNOTATE") == "1",
             quiet=True,
         )
-        for ext, gen in zip(self.extensions, generated):
+        self._core_sources = list(generated[0].sources)
+        for ext, gen in zip(others, generated[1:]):
             ext.sources = gen.sources
+        self._core_objects: list[str] | None = None
+        for v in lib.variants:
+            ext = variants[_variant_ext_name(v.name)]
+            ext.sources = []
+            ext.include_dirs = [str(p) for p in lib.include_dirs]
+            ext.extra_link_args = build_llama_cpp.link_args(lib, v) + lib.extra_link_args
+            ext.depends = [str(p) for p in lib.static_libs(v)]
+        self._clean_stale_variants({v.name for v in lib.variants})
+        super().run()
+        self._write_manifest(lib)
+
+    def build_extensions(self) -> None:
+        # The variants share one object file of the core: compile it once, before the
+        # (parallel) links, instead of once per variant.
+        if any(e.name.startswith(VARIANTS_PACKAGE + ".") for e in self.extensions):
+            self._core_objects = self.compiler.compile(
+                self._core_sources,
+                output_dir=self.build_temp,
+                include_dirs=[str(p) for p in self._llama.include_dirs],
+                extra_postargs=list(COMPILE_ARGS),
+                depends=["llama_cython/_token_batch.h"],
+            )
+        super().build_extensions()
+
+    def build_extension(self, ext: Extension) -> None:
+        if ext.name.startswith(VARIANTS_PACKAGE + "."):
+            ext.extra_objects = list(self._core_objects or [])
+        super().build_extension(ext)
+
+    def _variants_dir(self) -> Path:
+        if self.inplace:
+            return ROOT / "llama_cython" / "_variants"
+        return Path(self.build_lib) / "llama_cython" / "_variants"
+
+    def _clean_stale_variants(self, keep: set[str]) -> None:
+        """Remove cores of variants this build does not make (a native build's, left in the
+        build folder or the source tree, must not be packaged beside portable ones)."""
+        folder = self._variants_dir()
+        if folder.is_dir():
+            for child in folder.iterdir():
+                if child.is_dir() and child.name not in keep:
+                    shutil.rmtree(child)
+        if self.inplace:   # setuptools copies built modules into the tree but makes no folders
+            for name in keep:
+                (folder / name).mkdir(parents=True, exist_ok=True)
+
+    def _write_manifest(self, lib) -> None:
+        folder = self._variants_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "variants.json").write_text(json.dumps(lib.manifest(), indent=1) + "\n")
+
+    def get_outputs(self) -> list[str]:
+        outputs = super().get_outputs()
+        return [*outputs, str(self._variants_dir() / "variants.json")]
+
+
+class sdist(_sdist):
+    """Fetch the pinned llama.cpp before collecting files, so that the sdist carries it."""
+
+    def run(self) -> None:
+        if not os.environ.get("LLAMA_CPP_DIR"):
+            from fetch_llama_cpp import ensure_llama_cpp
+
+            ensure_llama_cpp()
         super().run()
 
 
-core = Extension(
-    "llama_cython._core",
-    sources=["llama_cython/_core.pyx"],
-    depends=["llama_cython/_token_batch.h"],
-    language="c++",
-    extra_compile_args=["-std=c++17", "-O2", "-fvisibility=hidden", "-Wno-unused-function"],
-)
+def _extensions() -> list[Extension]:
+    import build_llama_cpp
 
-setup(ext_modules=[core], cmdclass={"build_ext": build_ext})
+    # One module per CPU variant this build makes (known from the environment before building);
+    # their sources are set by build_ext.run.
+    variants = [Extension(_variant_ext_name(name), sources=[], language="c++",
+                          extra_compile_args=list(COMPILE_ARGS))
+                for name, _, _ in build_llama_cpp.variant_plan()]
+    cpuid = Extension("llama_cython._cpuid", sources=["llama_cython/_cpuid.pyx"], language="c",
+                      extra_compile_args=["-O2", "-g0"])
+    return [cpuid, *variants]
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": build_ext, "sdist": sdist})

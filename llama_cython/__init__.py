@@ -19,6 +19,12 @@ _os.environ.setdefault("GGML_NO_BACKTRACE", "1")
 # application configures logging.
 _logging.getLogger("llama_cython").addHandler(_logging.NullHandler())
 
+# The compiled core exists once per CPU variant; load the one this CPU runs best before
+# anything imports llama_cython._core (see _loader.py).
+from llama_cython._loader import load_core as _load_core  # noqa: E402
+
+_load_core()
+
 from llama_cython import models  # noqa: E402
 from llama_cython._core import (  # noqa: E402
     Context,
@@ -27,7 +33,6 @@ from llama_cython._core import (  # noqa: E402
     load_model,
     max_devices,
     supports_gpu_offload,
-    system_info,
 )
 from llama_cython.chat import ChatMessage  # noqa: E402
 from llama_cython.encoding import Encoding  # noqa: E402
@@ -47,6 +52,7 @@ from llama_cython.errors import (  # noqa: E402
 )
 from llama_cython.stats import ChatResponse, ChatUsage, EmbeddingStats, GenerationStats  # noqa: E402
 from llama_cython.streaming import AsyncGenerationStream  # noqa: E402
+from llama_cython.system import SystemInfo, system_info  # noqa: E402
 from llama_cython.token_batch import TokenBatch  # noqa: E402
 from llama_cython.token_embeddings import TokenEmbeddings  # noqa: E402
 from llama_cython.vocab import TokenAttr, Vocab  # noqa: E402
@@ -74,6 +80,7 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "OptionError",
+    "SystemInfo",
     "TemplateError",
     "TokenAttr",
     "TokenBatch",

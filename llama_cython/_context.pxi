@@ -574,11 +574,7 @@ cdef class Context:
             result = out
         bar = None
         if progress is True:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                raise ImportError("progress=True needs tqdm (pip install tqdm); "
-                                  "or pass a callable") from None
+            tqdm = require("tqdm.auto", "progress=True (or pass a callable)").tqdm
             bar = tqdm(total=n, unit="text")
             progress = bar.update
         elif progress is False:

@@ -60,6 +60,7 @@ from llama_cython.errors import (
     OptionError,
     TokenizeError,
 )
+from llama_cython._optional import require
 from llama_cython.encoding import Encoding
 from llama_cython.stats import ChatResponse, ChatUsage, EmbeddingStats, GenerationStats
 from llama_cython.token_batch import TokenBatch
@@ -87,8 +88,9 @@ with nogil:
 _drain_log()
 
 
-def system_info() -> str:
-    """llama.cpp's description of the CPU features and backends this build uses."""
+def llama_system_info() -> str:
+    """llama.cpp's own line on the backends and CPU features this build uses
+    (``llama_print_system_info``); :func:`llama_cython.system_info` parses it."""
     with _global_lock:   # llama_print_system_info returns a static std::string buffer
         return (<bytes>ll.llama_print_system_info()).decode("utf-8", "replace")
 

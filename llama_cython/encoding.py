@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from llama_cython._optional import require
 from llama_cython.vocab import TokenAttr, _kind
 
 if TYPE_CHECKING:
@@ -266,10 +267,7 @@ class Encoding:
 
         Needs pandas.
         """
-        try:
-            import pandas as pd
-        except ImportError:
-            raise ImportError("Encoding.to_pandas() needs pandas (pip install pandas)") from None
+        pd = require("pandas", "Encoding.to_pandas()")
         return pd.DataFrame(
             {
                 "id": self.ids,

@@ -10,15 +10,15 @@ has returned and the context has been handed back, so the context is usable righ
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
-
-from typing_extensions import Self
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from llama_cython._core import GenerationStream
     from llama_cython.stats import GenerationStats
 
 __all__ = ["AsyncGenerationStream"]
+
+_Stream = TypeVar("_Stream", bound="AsyncGenerationStream")
 
 
 def _resolve(fut: asyncio.Future[str | None], value: str | None, exc: BaseException | None) -> None:
@@ -82,7 +82,7 @@ class AsyncGenerationStream:
         """Stop generation and hand the context back."""
         self._stream.close()
 
-    async def __aenter__(self) -> Self:
+    async def __aenter__(self: _Stream) -> _Stream:  # noqa: PYI019 (Self needs typing_extensions on 3.10)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

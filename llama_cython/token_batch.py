@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
+from llama_cython._optional import require
+
 if TYPE_CHECKING:
     import numpy.typing as npt
 
@@ -161,20 +163,14 @@ class TokenBatch(Sequence["npt.NDArray[np.int32]"]):
 
         Needs pyarrow. The arrays stay alive as long as the Arrow array does.
         """
-        try:
-            import pyarrow as pa
-        except ImportError:
-            raise ImportError("TokenBatch.to_arrow() needs pyarrow (pip install pyarrow)") from None
+        pa = require("pyarrow", "TokenBatch.to_arrow()")
         values = pa.Array.from_buffers(pa.int32(), self.ids.shape[0], [None, pa.py_buffer(self.ids)])
         offsets = pa.Array.from_buffers(pa.int64(), self.offsets.shape[0], [None, pa.py_buffer(self.offsets)])
         return pa.LargeListArray.from_arrays(offsets, values)
 
     def to_pandas(self) -> Any:
         """A ``pandas.Series`` with one int32 array (a view) per text. Needs pandas."""
-        try:
-            import pandas as pd
-        except ImportError:
-            raise ImportError("TokenBatch.to_pandas() needs pandas (pip install pandas)") from None
+        pd = require("pandas", "TokenBatch.to_pandas()")
         column = np.empty(len(self), dtype=object)
         for i, view in enumerate(self):
             column[i] = view

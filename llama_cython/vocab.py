@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from llama_cython._optional import require
+
 if TYPE_CHECKING:
     import numpy.typing as npt
 
@@ -208,10 +210,7 @@ class Vocab:
 
     def to_pandas(self) -> Any:
         """One row per token: id, token, piece, score, kind, attrs. Needs pandas."""
-        try:
-            import pandas as pd
-        except ImportError:
-            raise ImportError("Vocab.to_pandas() needs pandas (pip install pandas)") from None
+        pd = require("pandas", "Vocab.to_pandas()")
         attrs = self.attrs
         kinds = {int(a): _kind(int(a)) for a in np.unique(attrs)}
         return pd.DataFrame(

@@ -74,7 +74,7 @@ def ensure(models: tuple[str, ...] = ()) -> Path:
     sources += sorted((ROOT / "llama_cython").rglob("*.pxd"))
     sources += sorted((ROOT / "llama_cython").rglob("*.h"))
     digest = _digest(sources)
-    built = list((ROOT / "llama_cython").glob("_core*.so"))
+    built = list((ROOT / "llama_cython" / "_variants").glob("*/_core*.so"))
     if not built or not _stamp_ok("build", digest):
         _say("building llama.cpp (cached per machine) and the extension")
         _run([str(VENV_PY), "-m", "pip", "install", "-q", "--no-build-isolation", "-e", str(ROOT)])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -35,6 +36,12 @@ PIN_FILE = Path(__file__).resolve().parent / "llama_cpp_pin.json"
 VENDOR_DIR = ROOT / "vendor" / "llama.cpp"
 STAMP_NAME = ".llama_cython_pin"
 ENV_DIR = "LLAMA_CPP_DIR"
+
+# The part of the llama.cpp tree that its ``llama`` target builds from: what the sdist carries
+# (MANIFEST.in grafts the same list; tests/test_packaging.py keeps the two equal) and what the
+# build copies into its cache. Not models, docs, tools, examples or the HTTP client.
+BUILD_TREE = ["CMakeLists.txt", "LICENSE", "cmake", "include", "src", "ggml", "vendor", "licenses"]
+BUILD_TREE_EXCLUDE = ["vendor/cpp-httplib"]
 
 
 class FetchError(RuntimeError):
@@ -70,24 +77,43 @@ def _check_tree(path: Path) -> Path:
     return path
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """Where downloads and builds are cached (``LLAMA_CYTHON_CACHE``, default ``~/.cache/llama_cython``)."""
     base = os.environ.get("LLAMA_CYTHON_CACHE")
     return Path(base) if base else Path.home() / ".cache" / "llama_cython"
 
 
+def _pip() -> list[str]:
+    """A pip to download with: this Python's, else one on PATH.
+
+    pip's isolated build environments have no pip module (pyproject.toml asks for one, but a
+    frontend may not honour that); any pip can download a file.
+    """
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip"]
+    for name in ("pip3", "pip"):
+        exe = shutil.which(name)
+        if exe:
+            return [exe]
+    raise FetchError(
+        "pip is needed to fetch llama.cpp's pinned sources and none was found; install pip, "
+        "or build from the sdist (which carries the sources), or set LLAMA_CPP_DIR"
+    )
+
+
 def _download_sdist(pin: dict[str, str], dest: Path) -> Path:
     """Return the pinned archive, from the cache folder or from PyPI through pip."""
-    cached = _cache_dir() / "sdist" / pin["sdist"]
+    cached = cache_dir() / "sdist" / pin["sdist"]
     if cached.is_file() and sha256_file(cached) == pin["sha256"]:
         return cached
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+        *_pip(), "download", "--no-deps", "--disable-pip-version-check",
         # Only this package as source; its build tools (needed by pip to read the metadata)
         # come as wheels, which is seconds instead of compiling cmake from source.
         "--no-binary", pin["source"],
         f"{pin['source']}=={pin['version']}", "-d", str(dest),
     ]
-    print("fetching llama.cpp:", " ".join(cmd[2:]), file=sys.stderr)
+    print("fetching llama.cpp: pip", " ".join(cmd[cmd.index("download"):]), file=sys.stderr)
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     archive = dest / pin["sdist"]
     if proc.returncode != 0 or not archive.is_file():

@@ -46,3 +46,10 @@ def use_tokenizer(model: llama.Model) -> int:
     control = bool(vocab.attrs[0] & llama.TokenAttr.CONTROL)
     total = int(first.sum() + lengths.sum() + counts.sum()) + one + len(texts) + len(spans)
     return total + (eos or 0) + len(scores) + control
+
+
+def use_system_info() -> str:
+    info: llama.SystemInfo = llama.system_info()
+    variants: tuple[str, ...] = info.cpu_variants
+    cpu: dict[str, str] = info.backend_features.get("CPU", {})
+    return f"{info.cpu_variant} of {variants}: {sorted(cpu)} {info!s}"
