@@ -89,6 +89,14 @@ class build_ext(_build_ext):
         self._write_manifest(lib)
 
     def build_extensions(self) -> None:
+        # ccache, when present, makes a rebuild of the same generated sources (a second clone,
+        # an sdist, a fresh venv) take seconds; the llama.cpp build uses it the same way.
+        if shutil.which("ccache"):
+            os.environ.setdefault("CCACHE_NOHASHDIR", "1")   # the clone's folder is not an input
+            for attr in ("compiler_so", "compiler_so_cxx"):
+                cmd = getattr(self.compiler, attr, None)
+                if cmd and cmd[0] != "ccache":
+                    setattr(self.compiler, attr, ["ccache", *cmd])
         # The variants share one object file of the core: compile it once, before the
         # (parallel) links, instead of once per variant.
         if any(e.name.startswith(VARIANTS_PACKAGE + ".") for e in self.extensions):

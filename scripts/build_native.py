@@ -54,7 +54,7 @@ def build_program(name: str, source: Path | None = None) -> Path:
     if not src.is_file():
         raise FileNotFoundError(src)
     h = hashlib.sha256(src.read_bytes())
-    for a in lib.static_libs:
+    for a in lib.static_libs():
         st = a.stat()
         h.update(f"{a}:{st.st_size}:{st.st_mtime_ns}".encode())
     out_dir = lib.build_dir / "native"
