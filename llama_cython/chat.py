@@ -21,12 +21,17 @@ llama.cpp ships.
 Templates come from model files, which may be untrusted: the sandbox forbids reaching Python
 internals, and every failure (bad syntax, the template's own ``raise_exception``, a sandbox
 violation, an error while rendering) is raised as :class:`~llama_cython.errors.TemplateError`.
+
+A template also cannot run for ever or fill the memory: it runs in the bounded sandbox of
+:mod:`llama_cython.template_sandbox` (its docstring lists the limits, module constants there), and
+one that goes past a limit fails with a TemplateError that names it (``chat template exceeded the
+loop limit of 1,000,000 iterations``).  This module holds what is specific to chat templates: the
+messages, the names transformers gives templates, and the conversion of errors.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -38,11 +43,10 @@ import jinja2.ext
 import jinja2.nodes
 import jinja2.parser
 import jinja2.runtime
-import jinja2.utils
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from llama_cython.errors import TemplateError
+from llama_cython.template_sandbox import LimitExceeded, TemplateSandbox, check_json_size
 
 if TYPE_CHECKING:
     from llama_cython._core import Model
@@ -197,7 +201,7 @@ def _schema_list(name: str, value: Any) -> Any:
     return [_plain(item) for item in items]
 
 
-# --------------------------------------------------------------------------- the environment
+# --------------------------------------------------------------------------- transformers' names
 
 
 class _RaisedByTemplate(jinja2.TemplateError):
@@ -224,41 +228,12 @@ def _tojson(
     """Template filter: ``json.dumps`` without HTML escaping, non-ASCII kept unless asked.
 
     Jinja's own ``tojson`` escapes ``<``, ``>``, ``&`` and ``'`` for HTML, which would corrupt a
-    prompt; templates written for transformers expect plain JSON and these keyword options.
+    prompt; templates written for transformers expect plain JSON and these keyword options.  The
+    JSON's size is estimated first, so that a huge ``indent`` or a much-shared value is refused.
     """
+    check_json_size(value, indent=indent, separators=separators)
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                       sort_keys=sort_keys)
-
-
-class _DictBuiltin:
-    """Template global ``dict``: builds dicts, and nothing else of the ``dict`` type is reachable."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
-        return dict(*args, **kwargs)
-
-    def fromkeys(self, keys: Iterable[Any], value: Any = None) -> dict[Any, Any]:
-        return dict.fromkeys(keys, value)
-
-
-def _check_namespace_name(name: object) -> None:
-    if isinstance(name, str) and name.startswith("_"):
-        raise SecurityError(f"a chat template may not set the underscore name {name!r} on a namespace")
-
-
-class _Namespace(jinja2.utils.Namespace):
-    """Template global ``namespace``: Jinja's, refusing names that start with an underscore."""
-
-    # No named self, as in Jinja's Namespace: namespace(self=1) must still work.
-    def __init__(*args: Any, **kwargs: Any) -> None:
-        self, rest = args[0], args[1:]
-        attrs = dict(*rest, **kwargs)
-        for name in attrs:
-            _check_namespace_name(name)
-        jinja2.utils.Namespace.__init__(self, attrs)
-
-    def __setitem__(self, name: str, value: Any) -> None:
-        _check_namespace_name(name)
-        jinja2.utils.Namespace.__setitem__(self, name, value)
 
 
 class _GenerationTag(jinja2.ext.Extension):
@@ -280,25 +255,14 @@ class _GenerationTag(jinja2.ext.Extension):
         return str(caller())
 
 
-@functools.lru_cache(maxsize=1)
-def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True,
-        lstrip_blocks=True,
-        extensions=[_GenerationTag, jinja2.ext.loopcontrols],
-    )
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
-    env.globals["dict"] = _DictBuiltin()
-    env.globals["namespace"] = _Namespace
-    return env
-
-
-@functools.lru_cache(maxsize=64)
-def _compile(template: str) -> jinja2.Template:
-    """The compiled template (cached: a model's template is rendered for every chat turn)."""
-    return _environment().from_string(template)
+_SANDBOX = TemplateSandbox(
+    extensions=[_GenerationTag, jinja2.ext.loopcontrols],
+    filters={"tojson": _tojson},
+    globals={"raise_exception": _raise_exception, "strftime_now": _strftime_now},
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+"""Where chat templates render: transformers' names and settings, within the sandbox's limits."""
 
 
 # --------------------------------------------------------------------------- errors
@@ -322,6 +286,8 @@ def _as_template_error(exc: Exception) -> TemplateError:
     at = f" (template line {line})" if line is not None else ""
     if isinstance(exc, _RaisedByTemplate):
         return TemplateError(f"chat template raised an error{at}: {exc.message}")
+    if isinstance(exc, LimitExceeded):
+        return TemplateError(f"chat template exceeded {exc.limit}{at}: {exc.detail}")
     if isinstance(exc, SecurityError):
         return TemplateError(f"chat template tried to leave its sandbox{at}: {exc}")
     if isinstance(exc, UndefinedError):
@@ -354,7 +320,8 @@ def render_chat_template(
 
     Raises :class:`~llama_cython.errors.TemplateError` (a ValueError) when the template does not
     compile, calls ``raise_exception``, uses an undefined value wrongly, tries to leave the
-    sandbox or fails in any other way; the original exception is chained as ``__cause__``.
+    sandbox, goes past one of the limits (see :mod:`llama_cython.template_sandbox`) or fails in
+    any other way; the original exception is chained as ``__cause__``.
 
     >>> t = "{% if not enable_thinking %}/no_think {% endif %}{{ messages[-1]['content'] }}"
     >>> render_chat_template(t, [{"role": "user", "content": "2+2?"}], enable_thinking=False)
@@ -378,8 +345,9 @@ def render_chat_template(
     variables["messages"] = conversation
     variables["add_generation_prompt"] = bool(add_generation_prompt)
     try:
-        compiled = _compile(template)
-        return compiled.render(variables)
+        # some real templates compare each message with the ones before it: hence the square
+        return _SANDBOX.render(_SANDBOX.compile_template(template), variables,
+                               extra_iterations=len(conversation) ** 2)
     except Exception as exc:
         raise _as_template_error(exc) from exc
 

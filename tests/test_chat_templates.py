@@ -248,7 +248,7 @@ def test_rich_values_become_plain_data() -> None:
 
 def test_compiled_templates_are_cached() -> None:
     template = "{{ messages | length }} cached"
-    assert chat._compile(template) is chat._compile(template)
+    assert chat._SANDBOX.compile_template(template) is chat._SANDBOX.compile_template(template)
     assert render_chat_template(template, [ChatMessage("user", "x")]) == "1 cached"
 
 
@@ -339,6 +339,7 @@ def test_chat_doctests() -> None:
 
 def test_chat_module_is_mypy_strict_clean() -> None:
     pytest.importorskip("mypy")
-    cmd = [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", "llama_cython/chat.py"]
+    cmd = [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", "llama_cython/chat.py",
+           "llama_cython/template_sandbox.py"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr

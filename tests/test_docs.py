@@ -11,6 +11,7 @@ import pytest
 import llama_cython as llama
 import llama_cython.errors
 import llama_cython.system
+import llama_cython.template_sandbox
 import llama_cython.token_batch
 import llama_cython.token_embeddings
 import llama_cython.vocab
@@ -67,8 +68,8 @@ def test_readme_opens_with_the_two_commands() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    [llama_cython.errors, llama, llama_cython.system, llama_cython.token_batch, llama_cython.token_embeddings,
-     llama_cython.vocab],
+    [llama_cython.errors, llama, llama_cython.system, llama_cython.template_sandbox, llama_cython.token_batch,
+     llama_cython.token_embeddings, llama_cython.vocab],
 )
 def test_module_doctests(module: object) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
