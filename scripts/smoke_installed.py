@@ -1,12 +1,11 @@
 #!/usr/bin/env python3
 """Smoke test of an *installed* llama_cython, run from outside the checkout.
 
-    python smoke_installed.py MODEL.gguf [--expect-variant NAME] [--quick]
+    python smoke_installed.py MODEL.gguf [--expect-variant NAME]
 
 Loads the model, tokenizes, generates 8 tokens, embeds 2 texts, checks that an optional
 integration that is not installed names its extra, and prints one JSON line with what it saw
-(the CPU variant of the core that was loaded among it). ``--quick`` stops after tokenizing and
-one generated token (for runs under an emulator). Exits non-zero on any failure.
+(the CPU variant of the core that was loaded among it). Exits non-zero on any failure.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
     parser.add_argument("--expect-variant")
-    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
@@ -37,15 +35,14 @@ def main() -> int:
         assert ids.dtype.name == "int32" and len(ids) >= 2, ids
         assert model.detokenize(ids, remove_special=True) == "Hello world"
         with model.new_context(n_ctx=256, n_threads=2) as ctx:
-            text = ctx.generate("The capital of France is", max_tokens=1 if args.quick else 8,
+            text = ctx.generate("The capital of France is", max_tokens=8,
                                 temperature=0)
             report["generated"] = text
             report["tokens"] = ctx.last_stats.completion_tokens
-        if not args.quick:
-            with model.new_context(n_ctx=256, embeddings=True, pooling="mean") as ectx:
-                vectors = ectx.get_embeddings_batch(["a first text", "and a second one"])
-            assert vectors.shape == (2, model.n_embd) and vectors.dtype.name == "float32", vectors.shape
-            report["embeddings"] = list(vectors.shape)
+        with model.new_context(n_ctx=256, embeddings=True, pooling="mean") as ectx:
+            vectors = ectx.get_embeddings_batch(["a first text", "and a second one"])
+        assert vectors.shape == (2, model.n_embd) and vectors.dtype.name == "float32", vectors.shape
+        report["embeddings"] = list(vectors.shape)
         try:
             import pandas  # noqa: F401
         except ImportError:
