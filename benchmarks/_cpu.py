@@ -5,6 +5,7 @@ core to another process stalls at every barrier)."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import final
 
@@ -77,3 +78,13 @@ def wait_quiet(max_wait: float) -> None:
         time.sleep(0.3)
         if (_busy_ticks() - b0) <= 0.05 * (time.perf_counter() - t0) * _TICK * (os.cpu_count() or 1):
             return
+
+
+def print_system() -> str:
+    """Print (to stderr, so that ``--json`` output stays clean) and return one line saying which
+    build of llama_cython runs, on which CPU, with which llama.cpp CPU features."""
+    import llama_cython
+
+    line = str(llama_cython.system_info())
+    print(f"# {line}", file=sys.stderr, flush=True)
+    return line

@@ -60,7 +60,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import corpus  # noqa: E402
-from _cpu import Interference, wait_quiet  # noqa: E402
+from _cpu import Interference, print_system, wait_quiet  # noqa: E402
 
 DEFAULT_MODEL = "all-minilm-l6-v2"
 PEERS_PYTHON = ROOT / "build" / "peers-venv" / "bin" / "python"
@@ -372,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tries", type=int, default=3, help="runs per side at most (see --max-other)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead")
     args = ap.parse_args(argv)
+    system = print_system()
     sides = {s.strip() for s in args.sides.split(",") if s.strip()}
     if not sides <= set(SIDES):
         ap.error(f"unknown sides: {sorted(sides - set(SIDES))}")
@@ -420,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
 
     lines, ok = agreement(results, len(texts), args.min_cosine)
     if args.json:
-        print(json.dumps({"n_texts": len(texts), "corpus_sha256": corpus.digest(texts),
+        print(json.dumps({"system": system, "n_texts": len(texts), "corpus_sha256": corpus.digest(texts),
                           "model": str(model), "threads": args.threads,
                           "best_c": asdict(best_c) if best_c else None,
                           "results": [asdict(r) for r in results], "agreement_ok": ok}, indent=1))

@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import build_native  # noqa: E402
-from _cpu import Interference, wait_quiet  # noqa: E402
+from _cpu import Interference, print_system, wait_quiet  # noqa: E402
 
 import llama_cython as llama  # noqa: E402
 
@@ -294,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                          "(iterating ctx.generate_stream); default both")
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead")
     args = ap.parse_args(argv)
+    system = print_system()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
         if m not in MODES:
@@ -328,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - t_start
 
     report = {
+        "system": system,
         "model": args.model,
         "model_file": str(model_file),
         "threads": args.threads,

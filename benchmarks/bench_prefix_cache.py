@@ -55,7 +55,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _cpu import Interference, wait_quiet
+from _cpu import Interference, print_system, wait_quiet
 
 import llama_cython as llama
 
@@ -258,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="after a disturbed round, wait up to this many seconds for idle CPUs")
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead")
     args = ap.parse_args(argv)
+    system = print_system()
 
     def say(msg: str) -> None:
         print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
@@ -322,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     paired = statistics.median(u["second"]["ttft_ms"] / c["second"]["ttft_ms"]
                                for c, u in zip(runs["cached"], runs["uncached"]))
     report: dict[str, Any] = {
+        "system": system,
         "model": args.model,
         "model_file": str(model_file),
         "n_swa": n_swa,

@@ -69,7 +69,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import corpus  # noqa: E402
-from _cpu import Interference, wait_quiet  # noqa: E402
+from _cpu import Interference, print_system, wait_quiet  # noqa: E402
 
 PEERS_PYTHON = ROOT / "build" / "peers-venv" / "bin" / "python"
 GGUF_PY = ROOT / "vendor" / "llama.cpp" / "gguf-py"
@@ -741,6 +741,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tries", type=int, default=3, help="runs per side at most (see --max-other)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead")
     args = ap.parse_args(argv)
+    system = print_system()
     sides = {s.strip() for s in args.sides.split(",") if s.strip()}
     inputs = [s.strip() for s in args.inputs.split(",") if s.strip()]
     if not sides <= set(SIDES):
@@ -838,6 +839,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             json.dumps(
                 {
+                    "system": system,
                     "sizes": sizes,
                     "corpus_sha256": corpus.digest(texts_by_input.get("sentences", [])),
                     "results": [asdict(r) for r in results],
