@@ -103,8 +103,8 @@ def choose(available: list[CoreVariant], have: frozenset[str], wanted: str | Non
     raise ImportError(
         f"this build of llama_cython needs CPU features that this CPU lacks "
         f"({', '.join(best.missing(have))}); it was compiled for another machine's CPU "
-        f"(variant {best.name!r}). Build it here from source (pip install --no-binary "
-        f"llama_cython llama_cython), or install a portable build (LLAMA_CYTHON_PORTABLE=1)."
+        f"(variant {best.name!r}). Build it on this machine from source (pip install of the "
+        f"sdist or a checkout), or install a portable wheel (built with LLAMA_CYTHON_PORTABLE=1)."
     )
 
 
