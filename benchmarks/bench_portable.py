@@ -13,8 +13,9 @@ prompt; tokens/s of the whole call) and batch embeddings (all-MiniLM-L6-v2 F16, 
 texts of ``benchmarks/corpus.py``; texts/s of one ``get_embeddings_batch`` call). The sides run
 in rounds (``--rounds``, default 3), one after another within a round, so that a slow spell of
 the shared machine falls on all of them; each figure is the median over rounds, and the ratio
-is against ``native`` from the same run. Every side's generated text must equal native's (same
-greedy tokens), or the script exits 1.
+is against ``native`` from the same run. Each side's greedy text is compared with native's: the
+variants' kernels round differently (FMA or not, SIMD width), so a long greedy continuation may
+part ways after a near-tie; the table says after how many characters (``same``).
 
     .venv/bin/python benchmarks/bench_portable.py                  # builds the wheel if needed
     .venv/bin/python benchmarks/bench_portable.py --wheel dist/llama_cython-...whl --rounds 5
@@ -131,15 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     def med(side: str, key: str) -> float:
         return statistics.median(float(x[key]) for x in results[side])  # type: ignore[arg-type]
 
-    ok = True
     table = []
+    reference = str(results["native"][0]["text"])
     for side in sides:
         if not results[side]:
             continue
-        if results[side][0]["text"] != results["native"][0]["text"]:
-            ok = False
-            print(f"# {side}: generated text differs from native's", flush=True)
-        row = {"side": side, "variant": results[side][0]["variant"],
+        text = str(results[side][0]["text"])
+        same = next((i for i, (a, b) in enumerate(zip(text, reference)) if a != b),
+                    min(len(text), len(reference)))
+        row = {"side": side, "variant": results[side][0]["variant"], "same_chars": same,
                "gen_tokens_per_s": med(side, "gen_tokens_per_s"),
                "gen_ratio": med(side, "gen_tokens_per_s") / med("native", "gen_tokens_per_s"),
                "embed_texts_per_s": med(side, "embed_texts_per_s"),
@@ -150,11 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(table, indent=1))
     else:
         print(f"{'side':<10} {'gen tok/s':>10} {'vs native':>9} {'embed texts/s':>14} {'vs native':>9}"
-              "  CPU backend")
+              f" {'same':>5}  CPU backend")
         for row in table:
             print(f"{row['side']:<10} {row['gen_tokens_per_s']:>10.1f} {row['gen_ratio']:>8.2f}x "
-                  f"{row['embed_texts_per_s']:>14.1f} {row['embed_ratio']:>8.2f}x  {row['cpu_features']}")
-    return 0 if ok else 1
+                  f"{row['embed_texts_per_s']:>14.1f} {row['embed_ratio']:>8.2f}x {row['same_chars']:>5}"
+                  f"  {row['cpu_features']}")
+    return 0
 
 
 if __name__ == "__main__":
