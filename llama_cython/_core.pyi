@@ -2,13 +2,18 @@
 
 
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeAlias, TypedDict, overload
 
 import numpy as np
 import numpy.typing as npt
-from typing_extensions import Self, Unpack
+
+if sys.version_info >= (3, 11):
+    from typing import Self, Unpack
+else:   # a stub only: type checkers read it, nothing imports it at run time
+    from typing_extensions import Self, Unpack
 
 from llama_cython.chat import ChatMessage
 from llama_cython.encoding import Encoding
