@@ -51,12 +51,18 @@ class AsyncGenerationStream:
             raise StopAsyncIteration
         loop = asyncio.get_running_loop()
         done: asyncio.Future[str | None] = loop.create_future()
+        # The worker lets go of the stream *before* it wakes the awaiting task: a stream dropped
+        # right after (``break`` in ``async for``) is then freed at once, and its context free
+        # for the next call, instead of whenever the pool thread finishes returning.
+        holder = [stream]
 
         def work() -> None:
+            step = holder.pop()
             try:
-                value, exc = stream.next_piece(), None
+                value, exc = step.next_piece(), None
             except BaseException as e:   # handed to the awaiting task, not lost in the pool
                 value, exc = None, e
+            del step
             try:
                 loop.call_soon_threadsafe(_resolve, done, value, exc)
             except RuntimeError:          # the event loop is already closed
