@@ -105,13 +105,16 @@ class build_ext(_build_ext):
                 output_dir=self.build_temp,
                 include_dirs=[str(p) for p in self._llama.include_dirs],
                 extra_postargs=list(COMPILE_ARGS),
-                depends=["llama_cython/_token_batch.h"],
+                depends=sorted(str(p) for p in (ROOT / "llama_cython").glob("*.h")),
             )
         super().build_extensions()
 
     def build_extension(self, ext: Extension) -> None:
         if ext.name.startswith(VARIANTS_PACKAGE + "."):
             ext.extra_objects = list(self._core_objects or [])
+            # setuptools relinks only when a dependency is newer than the module: the shared
+            # core object is one (a change in a .pxi or a header changes only it).
+            ext.depends = [*ext.depends, *ext.extra_objects]
         super().build_extension(ext)
 
     def _variants_dir(self) -> Path:

@@ -24,11 +24,21 @@ _KV_REPORT = re.compile(r"K \((\w+)\):.*V \((\w+)\):")
 _MAX_THREADS = 512   # GGML_MAX_N_THREADS
 
 
-cdef int _default_threads():
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+from llama_cython import _cpus
+
+cdef int _KV_PAD = 256       # llama.cpp pads n_ctx and each sequence's share to this
+
+
+cdef int _check_threads(object value, str name, int n_cpus) except -1:
+    """A thread count between 1 and the CPUs this process may run on: llama.cpp's threads wait
+    for each other after every operation, so one more than can run at once stalls them all."""
+    _check_int(value, name, 1, _MAX_THREADS)
+    if value > n_cpus:
+        raise OptionError(
+            f"{name}={value} is more than the {n_cpus} CPU(s) this process may run on; "
+            "llama.cpp's threads would wait for each other at every step (use at most "
+            f"{n_cpus}; the default is {_cpus.default_threads()}, the physical cores)")
+    return 0
 
 
 cdef cppbool _abort_callback(void * data) noexcept nogil:
@@ -58,6 +68,8 @@ cdef class Context:
     cdef ll.llama_batch_ext * _batch
     cdef readonly Model model
     cdef object _lock
+    cdef unsigned long _owner         # thread ident of the holder of _lock
+    cdef str _owner_kind              # what holds it: "call" or "stream"
     cdef volatile int _abort
     cdef readonly bint prefix_caching
     cdef readonly object kv_cache_type
@@ -99,12 +111,13 @@ cdef class Context:
         if n_ubatch is None:
             n_ubatch = min(512, n_batch)
         _check_int(n_ubatch, "n_ubatch", 1, n_batch)
+        n_cpus = _cpus.available_cpus()
         if n_threads is None:
-            n_threads = _default_threads()
-        _check_int(n_threads, "n_threads", 1, _MAX_THREADS)
+            n_threads = _cpus.default_threads()
+        _check_threads(n_threads, "n_threads", n_cpus)
         if n_threads_batch is None:
             n_threads_batch = n_threads
-        _check_int(n_threads_batch, "n_threads_batch", 1, _MAX_THREADS)
+        _check_threads(n_threads_batch, "n_threads_batch", n_cpus)
         cdef int max_seq = <int>ll.llama_max_parallel_sequences()
         if n_parallel is None:
             n_parallel = 1
@@ -135,6 +148,20 @@ cdef class Context:
         if n_parallel > min(eff_ctx, n_batch):
             raise OptionError(f"n_parallel={n_parallel} must not exceed n_batch ({n_batch}) "
                               f"or n_ctx ({eff_ctx})")
+        unified = embeddings and n_parallel > 1
+        if n_parallel > 1 and not unified:
+            # Each sequence gets its own share of the cache: n_ctx // n_parallel tokens, which
+            # llama.cpp rounds UP to a multiple of 256 (n_ctx=512 with n_parallel=256 would
+            # allocate 256 x 256 = 65,536 cells). Round the share down instead, so that the
+            # total never exceeds what was asked for, and refuse shares below 256.
+            per_seq = (eff_ctx // n_parallel) // _KV_PAD * _KV_PAD
+            if per_seq < _KV_PAD:
+                raise OptionError(
+                    f"n_ctx={eff_ctx} split over n_parallel={n_parallel} sequences leaves "
+                    f"{eff_ctx // n_parallel} tokens each; llama.cpp gives every sequence a "
+                    f"multiple of {_KV_PAD} tokens, so n_ctx must be at least "
+                    f"{_KV_PAD * n_parallel} (or use fewer sequences)")
+            n_ctx = per_seq * n_parallel
 
         cdef ll.llama_context_params p = ll.llama_context_default_params()
         p.n_ctx = n_ctx
@@ -150,7 +177,7 @@ cdef class Context:
         p.embeddings = embeddings
         # Embedding batches pack many short sequences: one KV cache for all of them (as
         # llama.cpp's embedding example does), not n_ctx / n_parallel tokens each.
-        p.kv_unified = embeddings and n_parallel > 1
+        p.kv_unified = unified
         p.no_perf = True
 
         cdef Context self = Context.__new__(Context)
@@ -164,17 +191,13 @@ cdef class Context:
         cdef ll.llama_context * raw = NULL
         _log_sync_level()
         mark = _log_mark()
-        model._users += 1
-        try:
-            with _global_lock:   # also serialises the log capture of concurrent creations
-                _log_capture_begin()
-                try:
-                    with nogil:
-                        raw = ll.llama_init_from_model(model._model, p)
-                finally:
-                    report = _log_capture_end()
-        finally:
-            model._users -= 1
+        with _global_lock:   # also serialises the log capture of concurrent creations
+            _log_capture_begin()
+            try:
+                with nogil:
+                    raw = ll.llama_init_from_model(model._model, p)
+            finally:
+                report = _log_capture_end()
         _drain_log()
         if raw == NULL:
             raise _creation_error("new_context", mark, "llama.cpp could not create the context")
@@ -185,6 +208,15 @@ cdef class Context:
             self._ctx = NULL
             raise AllocationError("new_context: failed to allocate the batch")
         self._read_report(report, fa)
+        if (embeddings and ll.llama_pooling_type_of(raw) == ll.LLAMA_POOLING_TYPE_RANK
+                and not model._has_cls_head):
+            # llama.cpp would keep n_cls_out (1) float per sequence of the plain hidden state.
+            ll.llama_batch_ext_free(self._batch)
+            self._batch = NULL
+            ll.llama_free(raw)
+            self._ctx = NULL
+            raise OptionError("pooling='rank' needs a model with a classification head (a reranker: "
+                              "cls / cls.output tensors); this model has none")
         model._contexts.add(self)
         return self
 
@@ -225,16 +257,42 @@ cdef class Context:
             raise ClosedError("model is closed")
         return 0
 
-    cdef int _enter(self) except -1:
-        """Open check + take the context for this thread, or fail at once if it is busy."""
+    # The one guard of every operation that reaches llama.cpp through this context: _enter
+    # takes the context (or fails at once with ContextBusyError) and checks that it is open;
+    # _leave, in a ``finally`` (or when a stream ends), after the last C call. close() takes
+    # the same lock, so it cannot free the context under a running call.
+
+    cdef str _busy_reason(self):
+        if self._owner == threading.get_ident():
+            if self._owner_kind == "stream":
+                return ("an open GenerationStream of this thread holds it; exhaust or close() "
+                        "the stream first")
+            return ("a call on it is running in this thread (this was called from a callback "
+                    "or from an input that call is reading)")
+        what = "an open GenerationStream" if self._owner_kind == "stream" else "a call"
+        return f"{what} in another thread is using it (use one context per thread)"
+
+    cdef int _enter(self, str kind="call") except -1:
+        """Take the context for this thread and check it is open, or fail at once if busy."""
         self._check_open()
         if not self._lock.acquire(False):
-            raise ContextBusyError(
-                "context is busy: another thread is using it (use one context per thread)")
+            raise ContextBusyError(f"context is busy: {self._busy_reason()}")
+        if kind == "call":
+            try:
+                _native_begin()     # a stream counts only while it runs (GenerationStream._run)
+            except BaseException:
+                self._lock.release()
+                raise
+        self._owner = threading.get_ident()
+        self._owner_kind = kind
         self._abort = 0
         return 0
 
     cdef inline void _leave(self):
+        if self._owner_kind == "call":
+            native_end()
+        self._owner = 0
+        self._owner_kind = None
         self._lock.release()
 
     # -- lifetime ---------------------------------------------------------------------------
@@ -244,7 +302,7 @@ cdef class Context:
         if self._ctx == NULL:
             return
         if not self._lock.acquire(False):
-            raise ContextBusyError("context is busy: cannot close it while another thread uses it")
+            raise ContextBusyError(f"cannot close the context now: {self._busy_reason()}")
         try:
             if self._batch != NULL:
                 ll.llama_batch_ext_free(self._batch)
@@ -260,6 +318,12 @@ cdef class Context:
     def closed(self):
         """True once :meth:`close` has run."""
         return self._ctx == NULL
+
+    @property
+    def busy(self):
+        """True while a call or an open :class:`GenerationStream` holds the context (another
+        thread's call would get :class:`ContextBusyError`). A snapshot: it may change at once."""
+        return self._lock.locked()
 
     def __enter__(self):
         self._check_open()
@@ -502,7 +566,7 @@ cdef class Context:
         return 0
 
     def get_embeddings_batch(self, texts, *, normalize=True, out=None, truncate=True,
-                             progress=None, batch_tokens=None):
+                             progress=None, batch_tokens=None, nulls="raise"):
         """Embed many texts: a float32 array of shape ``(len(texts), n_embd)``, rows in input order.
 
         Texts are tokenized, sorted by length and packed into batches in C with the GIL
@@ -536,6 +600,13 @@ cdef class Context:
             tqdm bar.
         batch_tokens : int, optional
             Most tokens per decode (default: 512, and at most the context's ``n_ubatch``).
+        nulls : {"raise", "empty", "skip"}
+            Missing values (``None``, ``NaN``, ``pd.NA``): a TypeError naming the index, the
+            embedding of ``""``, or left out (fewer rows than ``texts``). As in
+            :meth:`Model.tokenize_batch`.
+
+        On a context created with ``pooling="rank"`` (a reranker with a classification head)
+        each row holds the model's ``n_cls_out`` scores, not normalised.
 
         >>> ctx = model.new_context(embeddings=True)                      # doctest: +SKIP
         >>> vectors = ctx.get_embeddings_batch(["a cat", "a dog", "a car"])  # doctest: +SKIP
@@ -547,50 +618,60 @@ cdef class Context:
         self._check_embeddings()
         normalize = _check_bool(normalize, "normalize")
         truncate = _check_bool(truncate, "truncate")
-        items = _text_tuple(texts, "use get_embeddings(text) for one")
+        _check_nulls(nulls)
+        items = _text_tuple(texts, "use get_embeddings(text) for one", nulls)
         n = len(items)
-        d = ll.llama_model_n_embd_out(self.model._model)
-        n_ubatch = ll.llama_n_ubatch(self._ctx)
-        if batch_tokens is None:
-            budget = min(_EMBED_BATCH_TOKENS, n_ubatch)
-        else:
-            _check_int(batch_tokens, "batch_tokens", 1, n_ubatch)
-            budget = batch_tokens
-        per_token = ll.llama_pooling_type_of(self._ctx) == ll.LLAMA_POOLING_TYPE_NONE
-        if per_token and out is not None:
-            raise ValueError("out= is for one vector per text; this context's pooling is 'none' "
-                             "(one vector per token, returned as TokenEmbeddings)")
-        if out is None:
-            result = np.empty((0 if per_token else n, d), dtype=np.float32)
-        else:
+        if out is not None:
             if not isinstance(out, np.ndarray):
                 raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
             if out.dtype != np.float32:
                 raise TypeError(f"out must have dtype float32, got {out.dtype}")
-            if out.shape != (n, d):
-                raise ValueError(f"out must have shape {(n, d)}, got {out.shape}")
             if not out.flags.c_contiguous or not out.flags.writeable:
                 raise ValueError("out must be C-contiguous and writeable")
-            result = out
         bar = None
         if progress is True:
             tqdm = require("tqdm.auto", "progress=True (or pass a callable)").tqdm
-            bar = tqdm(total=n, unit="text")
-            progress = bar.update
-        elif progress is False:
-            progress = None
-        elif progress is not None and not callable(progress):
+        elif progress is not None and progress is not False and not callable(progress):
             raise TypeError(f"progress must be callable or a bool, got {type(progress).__name__}")
-        if n == 0:
-            if per_token:
-                return TokenEmbeddings(np.empty((0, d), dtype=np.float32), np.zeros(1, dtype=np.int64))
-            return result
-        view = result
+        # From here on the context is held: nothing (another thread, the input, a callback)
+        # can close it until the last C call has returned.
         self._enter()
         t0 = ll.llama_time_us()
         try:
+            self._check_embeddings()
+            pooling_type = ll.llama_pooling_type_of(self._ctx)
+            per_token = pooling_type == ll.LLAMA_POOLING_TYPE_NONE
+            rank = pooling_type == ll.LLAMA_POOLING_TYPE_RANK
+            # rank pooling: llama.cpp keeps n_cls_out scores per sequence, not a vector
+            d = (ll.llama_model_n_cls_out(self.model._model) if rank
+                 else ll.llama_model_n_embd_out(self.model._model))
+            n_ubatch = ll.llama_n_ubatch(self._ctx)
+            if batch_tokens is None:
+                budget = min(_EMBED_BATCH_TOKENS, n_ubatch)
+            else:
+                _check_int(batch_tokens, "batch_tokens", 1, n_ubatch)
+                budget = batch_tokens
+            if per_token and out is not None:
+                raise ValueError("out= is for one vector per text; this context's pooling is 'none' "
+                                 "(one vector per token, returned as TokenEmbeddings)")
+            if out is None:
+                result = np.empty((0 if per_token else n, d), dtype=np.float32)
+            else:
+                if out.shape != (n, d):
+                    raise ValueError(f"out must have shape {(n, d)}, got {out.shape}")
+                result = out
+            if n == 0:
+                if per_token:
+                    return TokenEmbeddings(np.empty((0, d), dtype=np.float32), np.zeros(1, dtype=np.int64))
+                return result
+            if progress is True:
+                bar = tqdm(total=n, unit="text")
+                progress = bar.update
+            elif progress is False:
+                progress = None
+            view = result
             tokens, truncated, batches, values, offsets = _embed_into(
-                self, items, view, normalize, truncate, progress, budget, per_token)
+                self, items, view, normalize and not rank, truncate, progress, budget, per_token, d)
         finally:
             self._leave()
             if bar is not None:
@@ -604,7 +685,7 @@ cdef class Context:
         return result
 
     def get_token_embeddings(self, texts, *, normalize=True, truncate=True, progress=None,
-                             batch_tokens=None):
+                             batch_tokens=None, nulls="raise"):
         """One vector per token of each text, as :class:`~llama_cython.TokenEmbeddings`.
 
         Needs a context created with ``embeddings=True, pooling="none"``; otherwise the same
@@ -615,7 +696,7 @@ cdef class Context:
             raise ContextError(f"this context pools one vector per text (pooling {self.pooling!r}); "
                                "create it with pooling='none' for one vector per token")
         return self.get_embeddings_batch(texts, normalize=normalize, truncate=truncate,
-                                         progress=progress, batch_tokens=batch_tokens)
+                                         progress=progress, batch_tokens=batch_tokens, nulls=nulls)
 
     def get_embeddings(self, text, *, normalize=True, truncate=True):
         """The embedding of one text: a float32 array of shape ``(n_embd,)``.
@@ -626,7 +707,8 @@ cdef class Context:
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         return self.get_embeddings_batch((text,), normalize=normalize, truncate=truncate)[0]
 
-    def iter_embeddings(self, texts, *, chunk_size=1024, normalize=True, truncate=True):
+    def iter_embeddings(self, texts, *, chunk_size=1024, normalize=True, truncate=True,
+                        nulls="raise"):
         """Embed an iterable of texts of any length, chunk by chunk, for pipelines.
 
         Yields float32 arrays of shape ``(chunk_size, n_embd)`` (the last one may be shorter),
@@ -637,9 +719,10 @@ cdef class Context:
         """
         self._check_embeddings()
         _check_int(chunk_size, "chunk_size", 1, INT32_MAX)
+        _check_nulls(nulls)
         if isinstance(texts, (str, bytes)):
             raise TypeError("texts must be an iterable of str, not a single text")
-        return _iter_embeddings(self, iter(texts), chunk_size, normalize, truncate)
+        return _iter_embeddings(self, iter(texts), chunk_size, normalize, truncate, nulls)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -699,12 +782,13 @@ cdef _drive_callback(GenerationStream stream, object callback):
         stream.close()
 
 
-def _iter_embeddings(Context ctx, object it, int chunk_size, object normalize, object truncate):
+def _iter_embeddings(Context ctx, object it, int chunk_size, object normalize, object truncate,
+                     str nulls):
     chunk = []
     for text in it:
         chunk.append(text)
         if len(chunk) == chunk_size:
-            yield ctx.get_embeddings_batch(chunk, normalize=normalize, truncate=truncate)
+            yield ctx.get_embeddings_batch(chunk, normalize=normalize, truncate=truncate, nulls=nulls)
             chunk = []
     if chunk:
-        yield ctx.get_embeddings_batch(chunk, normalize=normalize, truncate=truncate)
+        yield ctx.get_embeddings_batch(chunk, normalize=normalize, truncate=truncate, nulls=nulls)

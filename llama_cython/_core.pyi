@@ -34,6 +34,7 @@ _Callback: TypeAlias = Callable[[str], bool | None]
 _ArrowStrings: TypeAlias = Any  # a pyarrow string/large_string Array or ChunkedArray
 _Texts: TypeAlias = Sequence[str | bytes] | Iterable[str | bytes] | _ArrowStrings
 _Errors: TypeAlias = Literal["strict", "replace"]
+_Nulls: TypeAlias = Literal["raise", "empty", "skip"]
 
 class SamplingOptions(TypedDict, total=False):
 
@@ -126,6 +127,7 @@ class Model:
         parse_special: bool = False,
         n_threads: int | None = None,
         errors: _Errors = "strict",
+        nulls: _Nulls = "raise",
     ) -> TokenBatch: ...
     @overload
     def count_tokens(  # type: ignore[overload-overlap]
@@ -136,6 +138,7 @@ class Model:
         parse_special: bool = False,
         n_threads: int | None = None,
         errors: _Errors = "strict",
+        nulls: _Nulls = "raise",
     ) -> int: ...
     @overload
     def count_tokens(
@@ -146,6 +149,7 @@ class Model:
         parse_special: bool = False,
         n_threads: int | None = None,
         errors: _Errors = "strict",
+        nulls: _Nulls = "raise",
     ) -> npt.NDArray[np.int32]: ...
     def detokenize_batch(
         self,
@@ -265,6 +269,7 @@ class Context:
         truncate: bool = True,
         progress: Callable[[int], bool | None] | bool | None = None,
         batch_tokens: int | None = None,
+        nulls: _Nulls = "raise",
     ) -> npt.NDArray[np.float32]: ...
     def get_token_embeddings(
         self,
@@ -274,14 +279,17 @@ class Context:
         truncate: bool = True,
         progress: Callable[[int], bool | None] | bool | None = None,
         batch_tokens: int | None = None,
+        nulls: _Nulls = "raise",
     ) -> TokenEmbeddings: ...
     def get_embeddings(
         self, text: str, *, normalize: bool = True, truncate: bool = True
     ) -> npt.NDArray[np.float32]: ...
     def iter_embeddings(
         self, texts: Iterable[str], *, chunk_size: int = 1024, normalize: bool = True,
-        truncate: bool = True,
+        truncate: bool = True, nulls: _Nulls = "raise",
     ) -> Iterator[npt.NDArray[np.float32]]: ...
+    @property
+    def busy(self) -> bool: ...
     def get_logits(self) -> npt.NDArray[np.float32]: ...
     def clear_cache(self) -> None: ...
     def cancel(self) -> None: ...

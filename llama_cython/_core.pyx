@@ -24,10 +24,11 @@ Users import :mod:`llama_cython`, not this module.
 
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.exc cimport PyErr_CheckSignals
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.math cimport INFINITY, isfinite, sqrt
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t, INT32_MAX, INT32_MIN
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 from libcpp cimport bool as cppbool
 from libcpp.deque cimport deque
 from libcpp.mutex cimport mutex
@@ -39,6 +40,7 @@ from libcpp.vector cimport vector
 from llama_cython.includes cimport ggml
 from llama_cython.includes cimport llama as ll
 
+import atexit
 import logging
 import os
 import re
@@ -82,6 +84,7 @@ include "_embed.pxi"
 
 # Process-wide setup, once, at import: the log callback first so that nothing reaches stderr,
 # then the backends.
+atexit.register(_stop_native_work)
 ll.llama_log_set(_log_callback, NULL)
 with nogil:
     ll.llama_backend_init()

@@ -39,10 +39,10 @@ cdef int _tokenize_all(const ll.llama_vocab * vocab, const vector[const char *] 
         cap = size + 8
         if <int64_t>toks.size() < at + cap:
             toks.resize(at + cap + (at >> 1))
-        k = ll.llama_tokenize(vocab, ptrs[0][i], size, toks.data() + at, cap, True, False)
+        k = ll.safe_tokenize(vocab, ptrs[0][i], size, toks.data() + at, cap, True, False)
         if k < 0:
             toks.resize(at - k)
-            k = ll.llama_tokenize(vocab, ptrs[0][i], size, toks.data() + at, -k, True, False)
+            k = ll.safe_tokenize(vocab, ptrs[0][i], size, toks.data() + at, -k, True, False)
         if k > max_len:
             if not truncate:
                 too_long[0] = i
@@ -69,8 +69,12 @@ cdef inline void _write_row(const float * src, float * dst, int32_t d, bint norm
 
 
 cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint normalize,
-                        bint truncate, object progress, int32_t budget, bint per_token=False):
+                        bint truncate, object progress, int32_t budget, bint per_token,
+                        int32_t d):
     """Embed ``texts`` into the rows of ``out``; returns (tokens, truncated, batches, None, None).
+
+    ``d`` floats are read per row: n_embd_out, or n_cls_out for rank pooling (scores). The
+    caller holds the context (``_enter``). The KV cache is left empty, whatever happens.
 
     With ``per_token`` (a context whose pooling is 'none'), ``out`` is ignored: every token's
     vector is written into a new ``(T, D)`` array, text i's rows being offsets[i]:offsets[i + 1];
@@ -81,7 +85,7 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
     cdef ll.llama_batch_ext * batch = self._batch
     cdef ll.llama_memory_t mem = ll.llama_get_memory(ctx)
     cdef Py_ssize_t n = len(texts), i, pos = 0, too_long = -1
-    cdef int32_t d = ll.llama_model_n_embd_out(self.model._model), n_seq_max = ll.llama_n_seq_max(ctx)
+    cdef int32_t n_seq_max = ll.llama_n_seq_max(ctx)
     cdef int32_t max_len = ll.llama_n_ubatch(self._ctx)   # a text must fit one ubatch
     cdef int32_t n_train = ll.llama_model_n_ctx_train(self.model._model)
     cdef int32_t n_seq, n_tok, L, j, k, rc = 0
@@ -97,6 +101,8 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
     cdef int64_t row0
     cdef bint failed = False, cancelled = False, stop_asked = False
     cdef bint has_progress = progress is not None
+    self._kv.clear()           # the KV cache will hold embedding batches: no prefix to reuse
+    self._logits_ok = False
     cdef int64_t mark = _log_mark()
     if 0 < n_train < max_len:
         max_len = n_train
@@ -112,6 +118,7 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
     with nogil:
         _tokenize_all(vocab, &buf.ptrs, &buf.sizes, max_len, truncate, keep_last, &toks, &offs,
                       &n_truncated, &too_long)
+    PyErr_CheckSignals()
     if too_long >= 0:
         raise ContextSizeError(
             f"texts[{too_long}] is longer than {max_len} tokens, the most one batch of this context "
@@ -140,7 +147,7 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
     while pos < n:
         with nogil:
             while pos < n:
-                if self._abort:
+                if self._abort or native_stopping():
                     cancelled = True
                     break
                 ll.llama_memory_clear(mem, True)       # a no-op (NULL) for memory-less models
@@ -194,16 +201,14 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
                 if failed:
                     break
                 n_batches += 1
-                if has_progress:
-                    break          # to Python for the progress callback, then on
+                break              # to Python after each batch: signals (Ctrl-C), progress
         if failed or cancelled:
             break
+        PyErr_CheckSignals()       # KeyboardInterrupt between two batches; the context stays usable
         if has_progress and pos <= n:
             if progress(n_seq) is False:
                 stop_asked = True
                 break
-    self._kv.clear()           # the KV cache held embedding batches: no prefix to reuse
-    self._logits_ok = False
     if failed:
         if rc == -3:
             raise ContextError("llama.cpp returned no embedding for a text; the context's pooling "

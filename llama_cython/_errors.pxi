@@ -1,4 +1,11 @@
-# Return codes and NULLs become exceptions here, and only here.
+# Return codes and NULLs become exceptions here, and only here. C++ exceptions are translated
+# by _errors.h (declared on every throwing function in includes/llama.pxd), with the classes
+# handed over below.
+
+cdef extern from "_errors.h" namespace "llama_cython":
+    void _set_error_types "llama_cython::set_error_types"(object allocation, object base)
+
+_set_error_types(AllocationError, LlamaError)
 
 cdef str _closed_message(str what):
     return f"{what} is closed"
@@ -52,3 +59,34 @@ cdef inline double _check_float(object value, str name, double lo, double hi,
         lo_s = f"({lo}" if lo_open else f"[{lo}"
         raise OptionError(f"{name} must be in {lo_s}, {hi}], got {value!r}")
     return v
+
+
+# -- native work and interpreter exit (_native.h) ------------------------------------------------
+
+cdef extern from "_native.h" namespace "llama_cython" nogil:
+    bint native_begin()
+    void native_end()
+    bint native_stopping()
+    void native_stop()
+    int native_count()
+    int usleep_ "usleep"(unsigned int us)
+
+
+cdef int _native_begin() except -1:
+    """Count one call that will run without the GIL; refused once the interpreter exits."""
+    if not native_begin():
+        raise ClosedError("the interpreter is shutting down; llama_cython accepts no new work")
+    return 0
+
+
+def _stop_native_work(double timeout=60.0):
+    """atexit: ask running loops to stop at their next text, batch or token, and wait (without
+    the GIL, so that their threads can finish) until none runs, before the interpreter and
+    llama.cpp's static tables are torn down."""
+    cdef int waited_us = 0
+    cdef int limit_us = <int>(timeout * 1e6)
+    native_stop()
+    with nogil:
+        while native_count() > 0 and waited_us < limit_us:
+            usleep_(1000)
+            waited_us += 1000

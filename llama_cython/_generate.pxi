@@ -41,13 +41,36 @@ cdef struct _GenLoop:
     int64_t t_start_us
     int64_t t_prompt_us
     int64_t t_end_us
+    bint watch_signals            # look for Ctrl-C between decodes (a no-op off the main thread)
+    int64_t t_poll_us             # when signals were last looked for
+    void * owner                  # the GenerationStream (borrowed) that keeps a caught signal
 
 
-cdef int _decode_tokens(_GenLoop * g, const ll.llama_token * toks, int32_t n) noexcept nogil:
+# How often (at most) the loop takes the GIL to let Python's signal handlers run: Ctrl-C is
+# seen within one decode step, and a busy thread beside the loop costs it nothing measurable.
+cdef int64_t _SIGNAL_POLL_US = 50000
+
+
+cdef int _poll_signals(_GenLoop * g) except -1 nogil:
+    """1 when a signal handler raised (the exception is kept by the stream), else 0."""
+    cdef int64_t now
+    if not g.watch_signals or g.owner == NULL:
+        return 0
+    now = ll.llama_time_us()
+    if now - g.t_poll_us < _SIGNAL_POLL_US:
+        return 0
+    g.t_poll_us = now
+    with gil:
+        return (<GenerationStream>g.owner)._take_signal()
+
+
+cdef int _decode_tokens(_GenLoop * g, const ll.llama_token * toks, int32_t n) except -1 nogil:
     """Decode ``n`` tokens after those in the KV cache, in chunks of n_batch; logits for the last.
 
-    Returns 0, or 1 with ``g.rc`` set to llama_process's code. After a failure the KV cache may
-    hold part of the batch (llama.h), so the record is emptied: the next call starts afresh.
+    Returns 0, or 1 with ``g.rc`` set to llama_process's code (2: aborted, also by a signal
+    such as Ctrl-C between chunks). After a failure the KV cache may hold part of the batch
+    (llama.h), so the record is emptied: the next call starts afresh. A C++ exception from
+    llama.cpp (std::bad_alloc...) propagates as a Python exception (-1), the record emptied too.
     """
     cdef int32_t i = 0, m, j, idx = -1
     cdef ll.llama_pos pos
@@ -75,11 +98,14 @@ cdef int _decode_tokens(_GenLoop * g, const ll.llama_token * toks, int32_t n) no
             return 1
         g.kv.insert(g.kv.end(), toks + i, toks + i + m)
         i += m
+        if i < n and _poll_signals(g):
+            g.rc = 2
+            return 1
     g.logits_ok = True
     return 0
 
 
-cdef int _append_piece(const ll.llama_vocab * vocab, ll.llama_token tok, string * out) noexcept nogil:
+cdef int _append_piece(const ll.llama_vocab * vocab, ll.llama_token tok, string * out) except -1 nogil:
     cdef char small[256]
     cdef int32_t n = ll.llama_token_to_piece(vocab, tok, small, sizeof(small), 0, False)
     cdef string big
@@ -151,6 +177,7 @@ cdef class GenerationStream:
     cdef bint released           # the context was handed back
     cdef int64_t mark
     cdef object _stats
+    cdef object _interrupt       # the exception a signal handler raised during a step (Ctrl-C)
 
     def __init__(self, *args, **kwargs):
         raise TypeError("GenerationStream cannot be created directly; use ctx.generate_stream()")
@@ -176,6 +203,15 @@ cdef class GenerationStream:
                 best = pos
         return best
 
+    cdef int _take_signal(self) except -1:
+        """With the GIL: run Python's signal handlers; keep what they raise for _run."""
+        try:
+            PyErr_CheckSignals()
+        except BaseException as exc:
+            self._interrupt = exc
+            return 1
+        return 0
+
     cdef size_t _shown_end(self) noexcept nogil:
         """How far the text may be shown now: not into a possible stop string or a half character."""
         cdef size_t n = self.text.size(), end = n, k, i
@@ -188,30 +224,34 @@ cdef class GenerationStream:
             while k > 0 and end == n:
                 for i in range(self.stops.size()):
                     if self.stops[i].size() > k and \
-                            self.text.compare(n - k, k, self.stops[i], 0, k) == 0:
+                            memcmp(self.text.data() + n - k, self.stops[i].data(), k) == 0:
                         end = n - k
                         break
                 k -= 1
         return _utf8_complete_end(&self.text, self.emitted, end)
 
-    cdef bint _step(self) noexcept nogil:
-        """Decode the pending token, sample the next, record it. False once generation ended."""
+    cdef int _step(self) except -1 nogil:
+        """Decode the pending token, sample the next, record it. 0 once generation ended; C++
+        exceptions from llama.cpp propagate (-1)."""
         cdef _GenLoop * g = &self.g
         cdef ll.llama_token tok
         cdef size_t before, cut
-        if g.abort[0]:
+        if g.abort[0] or native_stopping():
             g.finish = FINISH_CANCELLED
-            return False
+            return 0
+        if _poll_signals(g):
+            g.finish = FINISH_CANCELLED
+            return 0
         if self.has_pending:
             self.has_pending = False
             if _decode_tokens(g, &self.pending, 1):
                 g.finish = FINISH_CANCELLED if g.rc == 2 else FINISH_ERROR
-                return False
+                return 0
         # Valid: the last decode marked its last token as an output (llama.cpp asserts that).
         tok = ll.llama_sampler_sample(g.smpl, g.ctx, -1)
         if ll.llama_vocab_is_eog(g.vocab, tok):
             g.finish = FINISH_STOP
-            return False
+            return 0
         self.out_tokens.push_back(tok)
         g.n_generated += 1
         before = self.text.size()
@@ -221,15 +261,15 @@ cdef class GenerationStream:
             if cut != <size_t>-1:
                 self.text.resize(cut)
                 g.finish = FINISH_STOP
-                return False
+                return 0
         if g.n_generated >= g.max_tokens or <int32_t>g.kv.size() >= g.n_ctx:
             g.finish = FINISH_LENGTH
-            return False
+            return 0
         self.pending = tok
         self.has_pending = True
-        return True
+        return 1
 
-    cdef void _start_prompt(self) noexcept nogil:
+    cdef int _start_prompt(self) except -1 nogil:
         """Reuse the cached prefix (or clear the cache), then decode the rest of the prompt."""
         cdef _GenLoop * g = &self.g
         cdef ll.llama_memory_t mem = ll.llama_get_memory(g.ctx)
@@ -260,8 +300,9 @@ cdef class GenerationStream:
                           <int32_t>self.prompt.size() - self.n_reuse):
             g.finish = FINISH_CANCELLED if g.rc == 2 else FINISH_ERROR
         g.t_prompt_us = ll.llama_time_us()
+        return 0
 
-    cdef void _advance(self, bint to_end) noexcept nogil:
+    cdef int _advance(self, bint to_end) except -1 nogil:
         """Run until generation ends or (``to_end`` false) a new piece can be shown."""
         if not self.started:
             self._start_prompt()
@@ -269,8 +310,9 @@ cdef class GenerationStream:
             if not self._step():
                 break
             if not to_end and self._shown_end() > self.emitted:
-                return
+                return 0
         self.g.t_end_us = ll.llama_time_us()
+        return 0
 
     # -- Python side ---------------------------------------------------------------------------
 
@@ -283,14 +325,41 @@ cdef class GenerationStream:
             raise ContextBusyError("this stream is already being advanced by another thread")
         if self.g.finish == FINISH_RUNNING:
             self.busy = True
+            self.g.owner = <void *>self
+            try:
+                _native_begin()
+            except BaseException:
+                self.busy = False
+                self.g.owner = NULL
+                self.g.finish = FINISH_CANCELLED
+                self._finish()
+                raise
             try:
                 with nogil:
-                    self._advance(to_end)
+                    try:
+                        self._advance(to_end)
+                    finally:
+                        native_end()
+            except BaseException:
+                # A C++ exception from llama.cpp (AllocationError...): the KV cache is in an
+                # unknown state, so its record is dropped and the next call starts afresh.
+                self.g.kv.clear()
+                self.g.logits_ok = False
+                self.g.finish = FINISH_ERROR
+                self._finish()
+                raise
             finally:
                 self.busy = False
+                self.g.owner = NULL
         if self.close_pending:
             self._finish()
             return None
+        if self._interrupt is not None:
+            # Ctrl-C (or another signal handler's exception) between two decodes: the stream
+            # ends as cancelled, the context is handed back usable, and the exception goes on.
+            exc, self._interrupt = self._interrupt, None
+            self._finish()
+            raise exc
         if self.g.finish == FINISH_ERROR:
             self._finish()
             raise _decode_error(self.g.rc, "generate", self.g.n_ctx, self.mark)
@@ -424,7 +493,10 @@ cdef list _stop_list(object stop):
             raise TypeError(f"stop[{i}] must be a str, got {type(s).__name__}")
         if not s:
             raise OptionError(f"stop[{i}] is an empty string; it would match everywhere")
-        out.append((<str>s).encode("utf-8"))
+        try:
+            out.append((<str>s).encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise OptionError(f"stop[{i}] is not valid text: {exc.reason} at index {exc.start}") from None
     return out
 
 
@@ -445,10 +517,6 @@ cdef GenerationStream _start_generation(Context self, object prompt, bint add_sp
     The returned stream owns the context until it is finished or closed.
     """
     self._check_open()
-    if ll.llama_get_memory(self._ctx) == NULL:
-        # BERT-like models have no KV cache and no logits: llama_sampler_sample would abort.
-        raise ContextError("this model computes embeddings only (it has no KV cache and no "
-                           "logits); it cannot generate")
     cdef bytes data = _text_bytes(prompt, "prompt") if isinstance(prompt, str) else None
     if data is None:
         raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
@@ -459,10 +527,19 @@ cdef GenerationStream _start_generation(Context self, object prompt, bint add_sp
     cdef int32_t[::1] toks
     cdef int32_t n_prompt, n_ctx, n
     cdef size_t i, n_common
-    self._enter()            # busy: ContextBusyError at once, whatever the prompt
+    self._enter("stream")    # busy: ContextBusyError at once, whatever the prompt
     s.released = True        # until the stream owns the context, its dealloc hands back nothing
     s.ctx = self
     try:
+        _native_begin()      # the prompt is tokenized without the GIL
+    except BaseException:
+        self._leave()
+        raise
+    try:
+        if ll.llama_get_memory(self._ctx) == NULL:
+            # BERT-like models have no KV cache and no logits: llama_sampler_sample would abort.
+            raise ContextError("this model computes embeddings only (it has no KV cache and no "
+                               "logits); it cannot generate")
         s.mark = _log_mark()
         # parse_special: chat markers such as <|im_start|> in a prompt are tokens, as in llama.cpp's examples
         prompt_ids = _tokenize(self.model, data, add_special, True)
@@ -498,9 +575,16 @@ cdef GenerationStream _start_generation(Context self, object prompt, bint add_sp
         s.g.max_tokens = max_tokens
         s.g.finish = FINISH_RUNNING
         s.g.logits_ok = self._logits_ok
+        s.g.watch_signals = True
+        # A penalty window longer than the context means the whole context (and -1 says so);
+        # llama.cpp would allocate the window as asked on every call (2**31-1: 8 GiB).
+        if sp.repeat_last_n < 0 or sp.repeat_last_n > n_ctx:
+            sp.repeat_last_n = n_ctx
         s.g.smpl = _build_sampler(&sp, self.model._vocab, self.model._n_vocab)
     except BaseException:
         self._leave()
         raise
+    finally:
+        native_end()
     s.released = False
     return s

@@ -39,11 +39,23 @@ cdef cppbool _progress_callback(float progress, void * user_data) noexcept with 
 cdef bytes _fs_path(object path, str what):
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"{what} must be a str or os.PathLike, got {type(path).__name__}")
-    return os.fsencode(path)
+    try:
+        encoded = os.fsencode(path)
+    except UnicodeEncodeError as exc:
+        raise ModelLoadError(f"{what} {path!r} cannot be a file name here: {exc.reason}") from None
+    except TypeError as exc:      # a PathLike whose __fspath__ returns something else
+        raise TypeError(f"{what}: {exc}") from None
+    if b"\0" in encoded:
+        raise ModelLoadError(f"{what} {path!r} contains a NUL character; no file has such a name")
+    return encoded
 
 
-cdef _precheck_gguf(bytes bpath, str shown):
-    """Refuse files that would make llama.cpp abort or fail obscurely, before loading them."""
+cdef bint _precheck_gguf(bytes bpath, str shown) except -1:
+    """Refuse files that would make llama.cpp abort or fail obscurely, before loading them.
+
+    Returns whether the file has a classification head (``cls`` / ``cls.output`` tensors),
+    which ``pooling="rank"`` needs.
+    """
     cdef ggml.gguf_init_params params
     cdef ggml.gguf_context * g
     cdef const char * cpath = bpath
@@ -76,13 +88,16 @@ cdef _precheck_gguf(bytes bpath, str shown):
         raise ModelLoadError(f"corrupt or truncated GGUF file: {shown}{_log_since(mark)}")
     try:
         problem = _gguf_problem(g)
+        has_head = (ggml.gguf_find_tensor(g, b"cls.weight") >= 0
+                    or ggml.gguf_find_tensor(g, b"cls.output.weight") >= 0)
     finally:
         ggml.gguf_free(g)
     if problem is not None:
         raise ModelLoadError(f"invalid GGUF: {problem} (llama.cpp would abort on it): {shown}")
+    return has_head
 
 
-cdef int64_t _first_duplicate_string(ggml.gguf_context * g, int64_t key) noexcept nogil:
+cdef int64_t _first_duplicate_string(ggml.gguf_context * g, int64_t key) except -2 nogil:
     """Index of the first repeated string in a GGUF string array, or -1."""
     cdef unordered_set[string] seen
     cdef size_t n = ggml.gguf_get_arr_n(g, key)
@@ -264,7 +279,7 @@ def load_model(path, *, n_gpu_layers=-1, use_mmap=True, use_mlock=False, main_gp
         for i in range(values.size):
             split[i] = values[i]
 
-    _precheck_gguf(bpath, shown)
+    cdef bint has_head = _precheck_gguf(bpath, shown)
 
     cdef ll.llama_model_params params = ll.llama_model_default_params()
     params.n_gpu_layers = n_gpu_layers
@@ -305,6 +320,7 @@ def load_model(path, *, n_gpu_layers=-1, use_mmap=True, use_mlock=False, main_gp
         raise ModelLoadError(f"llama.cpp failed to load the model {shown}{_log_since(mark)}")
     cdef Model model = Model.__new__(Model)
     model._attach(raw, shown, vocab_only)
+    model._has_cls_head = has_head
     return model
 
 
@@ -321,9 +337,11 @@ cdef class Model:
     cdef const ll.llama_vocab * _vocab
     cdef readonly str path
     cdef readonly bint vocab_only
+    cdef bint _has_cls_head      # cls / cls.output tensors: what pooling="rank" reads
     cdef int32_t _n_vocab
     cdef object _contexts        # WeakSet of open Contexts
-    cdef int _users              # calls running without the GIL; guarded by the GIL
+    cdef int _users              # calls holding the model (see _acquire); guarded by the GIL
+    cdef dict _holders           # thread ident -> calls of that thread holding the model
     cdef dict _metadata
     cdef tuple _vocab_arrays     # the vocabulary table, built on first use (no reference back)
     cdef object __weakref__
@@ -332,6 +350,7 @@ cdef class Model:
         self._model = NULL
         self._vocab = NULL
         self._users = 0
+        self._holders = {}
 
     def __init__(self, *args, **kwargs):
         raise TypeError("Model cannot be created directly; use llama_cython.load_model(path)")
@@ -357,6 +376,30 @@ cdef class Model:
             raise ClosedError("model is closed")
         return 0
 
+    # The one guard of every entry point that reaches llama.cpp through this model: _acquire
+    # checks that the model is open and counts the call; close() refuses while any call holds
+    # it; _release, in a ``finally``, after the last C call. Whatever runs in between (a
+    # generator being read, an int subclass's __lt__, a callback, another thread) cannot free
+    # the weights under the call.
+
+    cdef int _acquire(self) except -1:
+        if self._model == NULL:
+            raise ClosedError("model is closed")
+        _native_begin()
+        ident = threading.get_ident()
+        self._holders[ident] = self._holders.get(ident, 0) + 1
+        self._users += 1
+        return 0
+
+    cdef int _release(self) except -1:
+        ident = threading.get_ident()
+        left = self._holders.pop(ident, 1) - 1
+        if left > 0:
+            self._holders[ident] = left
+        self._users -= 1
+        native_end()
+        return 0
+
     # -- lifetime ---------------------------------------------------------------------------
 
     def close(self):
@@ -368,6 +411,10 @@ cdef class Model:
             raise LlamaError(
                 f"model has {len(open_contexts)} open context(s); close them before the model")
         if self._users:
+            if self._holders.get(threading.get_ident()):
+                raise ContextBusyError(
+                    "model is in use by a call running in this thread (close() was called from "
+                    "a callback or from an input the call is reading); close it after that call returns")
             raise ContextBusyError("model is in use by another thread; close it when that call returns")
         ll.llama_model_free(self._model)
         self._model = NULL
@@ -522,23 +569,32 @@ cdef class Model:
         >>> ids.dtype, ids.ndim                                       # doctest: +SKIP
         (dtype('int32'), 1)
         """
-        self._check_open()
-        return _tokenize(self, _text_bytes(text, "text"), _check_bool(add_special, "add_special"),
-                         _check_bool(parse_special, "parse_special"))
+        self._acquire()
+        try:
+            return _tokenize(self, _text_bytes(text, "text"), _check_bool(add_special, "add_special"),
+                             _check_bool(parse_special, "parse_special"))
+        finally:
+            self._release()
 
     def detokenize(self, tokens, remove_special=False, unparse_special=False):
         """Token ids back to text (``str``). Bytes that are not valid UTF-8 become U+FFFD."""
-        self._check_open()
-        return _detokenize(self, tokens, _check_bool(remove_special, "remove_special"),
-                           _check_bool(unparse_special, "unparse_special"))
+        self._acquire()
+        try:
+            return _detokenize(self, tokens, _check_bool(remove_special, "remove_special"),
+                               _check_bool(unparse_special, "unparse_special"))
+        finally:
+            self._release()
 
     def token_to_piece(self, token, special=True):
         """The bytes one token stands for (``bytes``: a piece can be part of a UTF-8 character)."""
-        self._check_open()
-        return _token_to_piece(self, token, _check_bool(special, "special"))
+        self._acquire()
+        try:
+            return _token_to_piece(self, token, _check_bool(special, "special"))
+        finally:
+            self._release()
 
     def tokenize_batch(self, texts, *, add_special=True, parse_special=False, n_threads=None,
-                       errors="strict"):
+                       errors="strict", nulls="raise"):
         """Tokenize many texts at once into a :class:`~llama_cython.TokenBatch`.
 
         The ids of all texts land in one flat ``int32`` array with ``int64`` offsets
@@ -550,33 +606,44 @@ cdef class Model:
         :class:`TokenizeError` naming the text (``errors="strict"``) or are replaced with
         U+FFFD first (``errors="replace"``). A pyarrow ``string``/``large_string`` Array or
         ChunkedArray (a Parquet column) is read straight from its buffers, with no Python
-        object per text; nulls are a TypeError. The ids are those of :meth:`tokenize` for
-        each text, whatever the number of threads.
+        object per text. ``texts`` must be one-dimensional: a DataFrame, a 2-D array or a
+        table is a TypeError (pass one column).
+
+        Missing values (``None``, ``NaN``, ``pd.NA``, Arrow nulls) follow ``nulls``:
+        ``"raise"`` (default) is a TypeError naming the index, ``"empty"`` reads each as
+        ``""``, ``"skip"`` leaves them out (the result then has fewer rows than ``texts``).
+        The ids are those of :meth:`tokenize` for each text, whatever the number of threads.
 
         >>> batch = model.tokenize_batch(["Hello world", "Bonjour"])   # doctest: +SKIP
         >>> len(batch), batch.lengths                                   # doctest: +SKIP
         (2, array([2, 3], dtype=int32))
         """
-        self._check_open()
-        counts, ids = _run_tokenize_batch(self, texts, _check_bool(add_special, "add_special"),
-                                          _check_bool(parse_special, "parse_special"),
-                                          n_threads, errors, True)
+        self._acquire()
+        try:
+            counts, ids = _run_tokenize_batch(self, texts, _check_bool(add_special, "add_special"),
+                                              _check_bool(parse_special, "parse_special"),
+                                              n_threads, errors, True, nulls)
+        finally:
+            self._release()
         offsets = np.zeros(counts.shape[0] + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
         return TokenBatch(ids, offsets)
 
     def count_tokens(self, texts, *, add_special=True, parse_special=False, n_threads=None,
-                     errors="strict"):
+                     errors="strict", nulls="raise"):
         """Number of tokens of each text: an ``int32`` array (an ``int`` for a single text).
 
         Same rules as :meth:`tokenize_batch`, without keeping the ids.
         """
-        self._check_open()
         single = isinstance(texts, (str, bytes))
-        counts, _ = _run_tokenize_batch(self, (texts,) if single else texts,
-                                        _check_bool(add_special, "add_special"),
-                                        _check_bool(parse_special, "parse_special"),
-                                        n_threads, errors, False)
+        self._acquire()
+        try:
+            counts, _ = _run_tokenize_batch(self, (texts,) if single else texts,
+                                            _check_bool(add_special, "add_special"),
+                                            _check_bool(parse_special, "parse_special"),
+                                            n_threads, errors, False, nulls)
+        finally:
+            self._release()
         if single:
             return int(counts[0])
         return counts.astype(np.int32)
@@ -588,9 +655,12 @@ cdef class Model:
         (lists, arrays). Every id is range-checked first; bytes that are not valid UTF-8
         become U+FFFD, as in :meth:`detokenize`.
         """
-        self._check_open()
-        return _detokenize_batch(self, sequences, _check_bool(remove_special, "remove_special"),
-                                 _check_bool(unparse_special, "unparse_special"))
+        self._acquire()
+        try:
+            return _detokenize_batch(self, sequences, _check_bool(remove_special, "remove_special"),
+                                     _check_bool(unparse_special, "unparse_special"))
+        finally:
+            self._release()
 
     def encode(self, text, *, add_special=True, parse_special=False):
         """Tokenize one text into an :class:`~llama_cython.Encoding`: ids with their pieces,
@@ -602,7 +672,9 @@ cdef class Model:
         >>> [enc.text[a:b] for a, b in enc.char_offsets]                # doctest: +SKIP
         ['Hello', ' world']
         """
-        self._check_open()
+        cdef const int32_t[::1] iv
+        cdef uint32_t[::1] av
+        cdef Py_ssize_t n, i
         if isinstance(text, bytes):
             try:
                 text = (<bytes>text).decode("utf-8")
@@ -610,21 +682,25 @@ cdef class Model:
                 raise TokenizeError(f"text is not valid UTF-8: {exc}") from None
         elif not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        data = (<str>text).encode("utf-8")
-        ids = _tokenize(self, data, _check_bool(add_special, "add_special"),
-                        _check_bool(parse_special, "parse_special"))
-        cdef const int32_t[::1] iv = ids if ids.shape[0] else np.zeros(1, dtype=np.int32)
-        cdef Py_ssize_t n = ids.shape[0], i
-        pieces_flat, piece_offsets = _pieces(self, &iv[0], n, True)
-        attrs = np.empty(n, dtype=np.uint32)
-        cdef uint32_t[::1] av = attrs
-        tokens = [None] * n
-        for i in range(n):
-            av[i] = ll.llama_vocab_get_attr(self._vocab, iv[i])
-            tokens[i] = (<bytes>ll.llama_vocab_get_text(self._vocab, iv[i])).decode("utf-8", "replace")
-        info = _vocab_info(self)
-        return Encoding._build(text, data, ids, _split_bytes(pieces_flat, piece_offsets), tokens,
-                               attrs, info["type"], info.get("unk"))
+        data = _text_bytes(text, "text")
+        self._acquire()
+        try:
+            ids = _tokenize(self, data, _check_bool(add_special, "add_special"),
+                            _check_bool(parse_special, "parse_special"))
+            iv = ids if ids.shape[0] else np.zeros(1, dtype=np.int32)
+            n = ids.shape[0]
+            pieces_flat, piece_offsets = _pieces(self, &iv[0], n, True)
+            attrs = np.empty(n, dtype=np.uint32)
+            av = attrs
+            tokens = [None] * n
+            for i in range(n):
+                av[i] = ll.llama_vocab_get_attr(self._vocab, iv[i])
+                tokens[i] = (<bytes>ll.llama_vocab_get_text(self._vocab, iv[i])).decode("utf-8", "replace")
+            info = _vocab_info(self)
+            return Encoding._build(text, data, ids, _split_bytes(pieces_flat, piece_offsets), tokens,
+                                   attrs, info["type"], info.get("unk"))
+        finally:
+            self._release()
 
     @property
     def vocab(self):
@@ -634,41 +710,59 @@ cdef class Model:
         return Vocab(self)
 
     def _vocab_info(self):
-        self._check_open()
-        return _vocab_info(self)
+        self._acquire()
+        try:
+            return _vocab_info(self)
+        finally:
+            self._release()
 
     def _vocab_table(self):
         """(texts bytes, text offsets, scores, attrs) of the whole vocabulary, built once."""
-        self._check_open()
-        if self._vocab_arrays is None:
-            self._vocab_arrays = _vocab_table(self)
-        return self._vocab_arrays
+        self._acquire()
+        try:
+            if self._vocab_arrays is None:
+                self._vocab_arrays = _vocab_table(self)
+            return self._vocab_arrays
+        finally:
+            self._release()
 
     def _pieces_of_all(self):
         """(pieces bytes, offsets): every token's piece (special=True), in id order."""
-        self._check_open()
-        _check_vocab(self)
-        ids = np.arange(self._n_vocab, dtype=np.int32)
-        cdef const int32_t[::1] iv = ids
-        return _pieces(self, &iv[0], ids.shape[0], True)
+        cdef const int32_t[::1] iv
+        self._acquire()
+        try:
+            _check_vocab(self)
+            ids = np.arange(self._n_vocab, dtype=np.int32)
+            iv = ids
+            return _pieces(self, &iv[0], ids.shape[0], True)
+        finally:
+            self._release()
 
     def is_eog(self, token):
         """True if ``token`` ends generation (EOS, EOT...)."""
-        self._check_open()
-        cdef int32_t tok = _check_token(self, token)
-        return ll.llama_vocab_is_eog(self._vocab, tok)
+        cdef int32_t tok
+        self._acquire()
+        try:
+            tok = _check_token(self, token)
+            return ll.llama_vocab_is_eog(self._vocab, tok)
+        finally:
+            self._release()
 
     def _chat_specials(self):
         """(bos text or None, eos text or None, add_bos): what a chat template is given."""
-        self._check_open()
-        _check_vocab(self)
-        cdef ll.llama_token bos = ll.llama_vocab_bos(self._vocab)
-        cdef ll.llama_token eos = ll.llama_vocab_eos(self._vocab)
-        bos_text = (_token_to_piece(self, bos, True).decode("utf-8", "replace")
-                    if 0 <= bos < self._n_vocab else None)
-        eos_text = (_token_to_piece(self, eos, True).decode("utf-8", "replace")
-                    if 0 <= eos < self._n_vocab else None)
-        return bos_text, eos_text, bool(ll.llama_vocab_get_add_bos(self._vocab))
+        cdef ll.llama_token bos, eos
+        self._acquire()
+        try:
+            _check_vocab(self)
+            bos = ll.llama_vocab_bos(self._vocab)
+            eos = ll.llama_vocab_eos(self._vocab)
+            bos_text = (_token_to_piece(self, bos, True).decode("utf-8", "replace")
+                        if 0 <= bos < self._n_vocab else None)
+            eos_text = (_token_to_piece(self, eos, True).decode("utf-8", "replace")
+                        if 0 <= eos < self._n_vocab else None)
+            return bos_text, eos_text, bool(ll.llama_vocab_get_add_bos(self._vocab))
+        finally:
+            self._release()
 
     # -- contexts ---------------------------------------------------------------------------
 
@@ -707,7 +801,10 @@ cdef class Model:
         prefix_caching : bool
             Reuse the KV cache of the longest common prompt prefix between calls.
         """
-        self._check_open()
-        return Context._create(self, n_ctx, n_batch, n_ubatch, n_threads, n_threads_batch,
-                               kv_cache_type, flash_attn, embeddings, pooling, n_parallel,
-                               prefix_caching)
+        self._acquire()
+        try:
+            return Context._create(self, n_ctx, n_batch, n_ubatch, n_threads, n_threads_batch,
+                                   kv_cache_type, flash_attn, embeddings, pooling, n_parallel,
+                                   prefix_caching)
+        finally:
+            self._release()

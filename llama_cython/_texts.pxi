@@ -8,16 +8,60 @@ cdef extern from "_token_batch.h" namespace "llama_cython" nogil:
     int64_t utf8_invalid_at(const unsigned char * s, int64_t n)
 
 
-cdef tuple _text_tuple(object texts, str hint):
-    """``texts`` as a tuple (no copy when it is one); a single str or bytes is a TypeError."""
+_NULL_POLICIES = ("raise", "empty", "skip")
+
+
+cdef inline bint _is_null(object t):
+    """A missing value as pipelines spell it: None, NaN (pandas object columns), pd.NA, pd.NaT."""
+    if t is None:
+        return True
+    if isinstance(t, float):
+        return t != t
+    return type(t).__name__ in ("NAType", "NaTType")
+
+
+cdef int _check_nulls(object nulls) except -1:
+    if not isinstance(nulls, str) or nulls not in _NULL_POLICIES:
+        raise OptionError(f"nulls must be 'raise', 'empty' or 'skip', got {nulls!r}")
+    return 0
+
+
+cdef tuple _text_tuple(object texts, str hint, str nulls="raise"):
+    """``texts`` as a tuple (no copy when it is one and holds no null).
+
+    A single str or bytes, a mapping, a table or anything two-dimensional is a TypeError (a
+    DataFrame would otherwise be read as its column names). Missing values follow ``nulls``:
+    ``"raise"`` leaves them for _TextBuffers to refuse by index, ``"empty"`` reads them as
+    ``""``, ``"skip"`` leaves them out.
+    """
     if isinstance(texts, (str, bytes)):
         raise TypeError(f"texts must be a sequence of str, not a single text; {hint}")
+    ndim = getattr(texts, "ndim", 1)
+    if isinstance(texts, dict) or hasattr(texts, "column_names") or (
+            isinstance(ndim, int) and ndim != 1 and not isinstance(texts, tuple)):
+        shape = getattr(texts, "shape", None)
+        raise TypeError(f"texts must be one-dimensional (a list, a Series, one column), got "
+                        f"{type(texts).__name__}" + (f" of shape {shape}" if shape is not None else "")
+                        + "; pass a single column, e.g. df['text']")
+    cdef tuple items
     if isinstance(texts, tuple):
-        return <tuple>texts
-    try:
-        return tuple(texts)
-    except TypeError:
-        raise TypeError(f"texts must be a sequence of str, got {type(texts).__name__}") from None
+        items = <tuple>texts
+    else:
+        try:
+            items = tuple(texts)
+        except TypeError:
+            raise TypeError(f"texts must be a sequence of str, got {type(texts).__name__}") from None
+    if nulls == "raise":
+        return items
+    cdef Py_ssize_t i, n = len(items)
+    for i in range(n):
+        if _is_null(items[i]):
+            break
+    else:
+        return items
+    if nulls == "empty":
+        return tuple("" if _is_null(t) else t for t in items)
+    return tuple(t for t in items if not _is_null(t))
 
 
 cdef class _TextBuffers:
@@ -66,6 +110,9 @@ cdef class _TextBuffers:
                     self.replaced.append(t)
                     p = t
                     size = len(<bytes>t)
+            elif _is_null(t):
+                raise TypeError(f"texts[{i}] is missing ({t!r}); pass nulls='empty' to read "
+                                "missing values as '' or nulls='skip' to leave them out")
             else:
                 kinds = "a str or bytes" if allow_bytes else "a str"
                 raise TypeError(f"texts[{i}] must be {kinds}, got {type(t).__name__}")
@@ -79,13 +126,16 @@ cdef class _TextBuffers:
 cdef const char * _EMPTY = ""
 
 
-cdef _TextBuffers _arrow_text_buffers(object texts):
+cdef _TextBuffers _arrow_text_buffers(object texts, str nulls="raise"):
     """_TextBuffers over the buffers of a pyarrow string Array or ChunkedArray (no copy, no
     Python object per text), or None when ``texts`` is not one. Arrow's strings are UTF-8 by
-    its specification; a text that is not is a TokenizeError, and a null a TypeError."""
+    its specification; a text that is not is a TokenizeError. Nulls follow ``nulls``: a
+    TypeError naming the index, an empty text, or left out."""
     if not (type(texts).__module__ or "").startswith("pyarrow"):
         return None
     import pyarrow as pa
+    if nulls == "skip" and isinstance(texts, (pa.Array, pa.ChunkedArray)) and texts.null_count:
+        texts = texts.drop_null()
     if isinstance(texts, pa.ChunkedArray):
         chunks = list(texts.chunks)
     elif isinstance(texts, pa.Array):
@@ -96,7 +146,7 @@ cdef _TextBuffers _arrow_text_buffers(object texts):
     buf.replaced = chunks          # keeps the Arrow buffers alive while the pointers are used
     cdef Py_ssize_t start = 0, i, k, at
     cdef int64_t size, bad = -1
-    cdef const int64_t[::1] offs
+    cdef const int64_t[::1] offs, ends
     cdef const char * base
     for chunk in chunks:
         if pa.types.is_string(chunk.type):
@@ -108,18 +158,26 @@ cdef _TextBuffers _arrow_text_buffers(object texts):
         k = len(chunk)
         if k == 0:
             continue
-        if chunk.null_count:
+        if chunk.null_count and nulls == "raise":
             first = int(np.flatnonzero(chunk.is_null().to_numpy(zero_copy_only=False))[0])
-            raise TypeError(f"texts[{start + first}] is null")
+            raise TypeError(f"texts[{start + first}] is null; pass nulls='empty' to read nulls "
+                            "as '' or nulls='skip' to leave them out")
         _, offsets_buf, data_buf = chunk.buffers()
-        offs = np.frombuffer(offsets_buf, dtype=width, count=chunk.offset + k + 1)[chunk.offset:].astype(np.int64)
+        offs_arr = np.frombuffer(offsets_buf, dtype=width, count=chunk.offset + k + 1)[chunk.offset:].astype(np.int64)
+        ends_arr = offs_arr[1:].copy()
+        if chunk.null_count:
+            # nulls="empty": a null reads as '', whatever bytes its slot happens to span
+            nullpos = np.flatnonzero(chunk.is_null().to_numpy(zero_copy_only=False))
+            ends_arr[nullpos] = offs_arr[nullpos]
+        offs = offs_arr
+        ends = ends_arr
         base = <const char *><uintptr_t>data_buf.address if data_buf is not None else _EMPTY
         at = buf.ptrs.size()
         buf.ptrs.resize(at + k)
         buf.sizes.resize(at + k)
         with nogil:
             for i in range(k):
-                size = offs[i + 1] - offs[i]
+                size = ends[i] - offs[i]
                 buf.ptrs[at + i] = base + offs[i] if size else _EMPTY
                 buf.sizes[at + i] = size
                 buf.total += size

@@ -22,6 +22,8 @@
 #include <vector>
 
 #include "llama.h"
+#include "_tokenize.h"
+#include "_native.h"
 
 namespace llama_cython {
 
@@ -67,7 +69,7 @@ struct TokenizeBatchJob {
     // the first failure, by text index
     std::mutex error_lock;
     int64_t error_index = -1;
-    int error_kind = 0;                     // 1: overflow (> 2**31 tokens), 2: out of memory, 3: C++ exception, 4: llama_tokenize < 0
+    int error_kind = 0;                     // 1: overflow (> 2**31 tokens), 2: out of memory, 3: C++ exception, 4: llama_tokenize < 0, 5: interpreter exit
     std::string error_message;
     std::atomic<bool> failed{false};
     std::atomic<int64_t> next_block{0};
@@ -97,12 +99,12 @@ struct TokenizeBatchJob {
             if (!out.reserve(out.size + room)) { fail(i, 2, "out of memory"); return false; }
             int32_t n;
             try {
-                n = llama_tokenize(vocab, texts[i], (int32_t) nbytes, out.data + out.size, (int32_t) room,
+                n = llama_cython::tokenize(vocab, texts[i], (int32_t) nbytes, out.data + out.size, (int32_t) room,
                                    add_special, parse_special);
                 if (n < 0 && n != INT32_MIN) {
                     room = -(int64_t) n;
                     if (!out.reserve(out.size + room)) { fail(i, 2, "out of memory"); return false; }
-                    n = llama_tokenize(vocab, texts[i], (int32_t) nbytes, out.data + out.size, (int32_t) room,
+                    n = llama_cython::tokenize(vocab, texts[i], (int32_t) nbytes, out.data + out.size, (int32_t) room,
                                        add_special, parse_special);
                 }
             } catch (const std::exception & e) {
@@ -126,6 +128,10 @@ struct TokenizeBatchJob {
         for (;;) {
             const int64_t b = next_block.fetch_add(1, std::memory_order_relaxed);
             if (b >= nb || failed.load(std::memory_order_relaxed)) return;
+            if (native_stopping()) {
+                fail(b * block, 5, "the interpreter is shutting down");
+                return;
+            }
             const int64_t begin = b * block;
             const int64_t end = begin + block < n_texts ? begin + block : n_texts;
             if (keep_ids) {

@@ -43,13 +43,15 @@ cdef int _batch_threads(object n_threads, int64_t total_bytes, Py_ssize_t n_text
 
 
 cdef object _run_tokenize_batch(Model m, object texts, bint add_special, bint parse_special,
-                                object n_threads, object errors, bint keep_ids):
+                                object n_threads, object errors, bint keep_ids, object nulls):
     """(counts int64, ids int32 or None) for ``texts``; see Model.tokenize_batch."""
     if errors not in ("strict", "replace"):
         raise OptionError(f"errors must be 'strict' or 'replace', got {errors!r}")
-    cdef _TextBuffers buf = _arrow_text_buffers(texts)
+    _check_nulls(nulls)
+    cdef _TextBuffers buf = _arrow_text_buffers(texts, nulls)
     if buf is None:
-        buf = _TextBuffers(_text_tuple(texts, "use tokenize(text) for one"), True, errors, INT32_MAX)
+        buf = _TextBuffers(_text_tuple(texts, "use tokenize(text) for one", nulls), True, errors,
+                           INT32_MAX)
     _check_specials(m, add_special)
     cdef Py_ssize_t n = buf.ptrs.size()
     cdef int threads = _batch_threads(n_threads, buf.total, n)
@@ -71,18 +73,16 @@ cdef object _run_tokenize_batch(Model m, object texts, bint add_special, bint pa
         # One block per thread would leave threads idle behind a block of long texts; many
         # small blocks are taken in turn. One thread: one block, one buffer.
         job.block = n if threads == 1 else max(1, min(256, n // (threads * 16)))
-        m._users += 1
-        try:
-            with nogil:
-                job.run(threads)
-        finally:
-            m._users -= 1
+        with nogil:
+            job.run(threads)
         if job.error_index >= 0:
             i = job.error_index
             if job.error_kind == 1:
                 raise TokenizeError(f"texts[{i}] produces more tokens than llama.cpp can count (2**31)")
             if job.error_kind == 2:
                 raise AllocationError(f"out of memory while tokenizing texts[{i}]")
+            if job.error_kind == 5:
+                raise ClosedError("the interpreter is shutting down; the batch was stopped")
             msg = job.error_message.decode("utf-8", "replace")
             raise TokenizeError(f"llama.cpp could not tokenize texts[{i}]: {msg}")
         if not keep_ids:
@@ -139,28 +139,24 @@ cdef list _detokenize_batch(Model m, object sequences, bint remove_special, bint
     if np.any(np.diff(offsets) > INT32_MAX):
         raise TokenizeError("a sequence has more than 2**31 tokens")
     ends.resize(n)
-    m._users += 1
-    try:
-        with nogil:
-            for i in range(n):
-                k = ov[i + 1] - ov[i]
-                if k > 0:
-                    room = k * 8 + 16
-                    if room > INT32_MAX:
-                        room = INT32_MAX
-                    text.resize(at + room)
-                    got = ll.llama_detokenize(m._vocab, &iv[ov[i]], <int32_t>k, &text[at], <int32_t>room,
+    with nogil:
+        for i in range(n):
+            k = ov[i + 1] - ov[i]
+            if k > 0:
+                room = k * 8 + 16
+                if room > INT32_MAX:
+                    room = INT32_MAX
+                text.resize(at + room)
+                got = ll.llama_detokenize(m._vocab, &iv[ov[i]], <int32_t>k, &text[at], <int32_t>room,
+                                          remove_special, unparse_special)
+                if got < 0:
+                    text.resize(at - got)
+                    got = ll.llama_detokenize(m._vocab, &iv[ov[i]], <int32_t>k, &text[at], -got,
                                               remove_special, unparse_special)
                     if got < 0:
-                        text.resize(at - got)
-                        got = ll.llama_detokenize(m._vocab, &iv[ov[i]], <int32_t>k, &text[at], -got,
-                                                  remove_special, unparse_special)
-                        if got < 0:
-                            break
-                    at += got
-                ends[i] = at
-    finally:
-        m._users -= 1
+                        break
+                at += got
+            ends[i] = at
     if got < 0:
         raise TokenizeError(f"llama_detokenize failed ({got})")
     cdef list out = [None] * n
@@ -181,20 +177,16 @@ cdef tuple _pieces(Model m, const int32_t * ids, Py_ssize_t n, bint special):
     cdef int32_t k
     cdef Py_ssize_t i
     ov[0] = 0
-    m._users += 1
-    try:
-        with nogil:
-            flat.reserve(n * 6)
-            for i in range(n):
-                k = ll.llama_token_to_piece(m._vocab, ids[i], small, sizeof(small), 0, special)
-                if k >= 0:
-                    flat.append(small, k)
-                else:
-                    flat.resize(flat.size() - k)
-                    k = ll.llama_token_to_piece(m._vocab, ids[i], &flat[flat.size() + k], -k, 0, special)
-                ov[i + 1] = flat.size()
-    finally:
-        m._users -= 1
+    with nogil:
+        flat.reserve(n * 6)
+        for i in range(n):
+            k = ll.llama_token_to_piece(m._vocab, ids[i], small, sizeof(small), 0, special)
+            if k >= 0:
+                flat.append(small, k)
+            else:
+                flat.resize(flat.size() - k)
+                k = ll.llama_token_to_piece(m._vocab, ids[i], &flat[flat.size() + k], -k, 0, special)
+            ov[i + 1] = flat.size()
     return PyBytes_FromStringAndSize(flat.data(), flat.size()), offsets
 
 

@@ -1,9 +1,14 @@
 # Tokens in and out: numpy int32 arrays that llama_tokenize writes into directly.
 
 cdef bytes _text_bytes(object text, str what):
-    """UTF-8 bytes of a str (bytes pass through); anything else is a TypeError."""
+    """UTF-8 bytes of a str (bytes pass through); anything else is a TypeError, a str that has
+    no UTF-8 form (a lone surrogate) a TokenizeError."""
     if isinstance(text, str):
-        return (<str>text).encode("utf-8")
+        try:
+            return (<str>text).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise TokenizeError(f"{what} is not valid text: {exc.reason} at index {exc.start} "
+                                f"({text[exc.start:exc.end]!r})") from None
     if isinstance(text, bytes):
         return <bytes>text
     raise TypeError(f"{what} must be a str, got {type(text).__name__}")
@@ -45,21 +50,20 @@ cdef object _tokenize(Model m, bytes data, bint add_special, bint parse_special)
     arr = np.empty(cap, dtype=np.int32)
     cdef int32_t[::1] out = arr
     cdef int32_t n
-    m._users += 1
     try:
         with nogil:
-            n = ll.llama_tokenize(m._vocab, text, <int32_t>nbytes, &out[0], <int32_t>cap,
+            n = ll.safe_tokenize(m._vocab, text, <int32_t>nbytes, &out[0], <int32_t>cap,
                                   add_special, parse_special)
         if n < 0 and n != INT32_MIN:   # -n is the exact count: size the array to it
             arr = np.empty(-n, dtype=np.int32)
             out = arr
             with nogil:
-                n = ll.llama_tokenize(m._vocab, text, <int32_t>nbytes, &out[0], <int32_t>(-n),
+                n = ll.safe_tokenize(m._vocab, text, <int32_t>nbytes, &out[0], <int32_t>(-n),
                                       add_special, parse_special)
-    except (IndexError, RuntimeError, MemoryError) as exc:   # std::out_of_range, bad_alloc... from a broken vocabulary
+    except AllocationError:
+        raise
+    except LlamaError as exc:   # std::out_of_range... from a broken vocabulary
         raise TokenizeError(f"llama.cpp could not tokenize the text: {exc}") from None
-    finally:
-        m._users -= 1
     if n == INT32_MIN:
         raise TokenizeError("the text produces more tokens than llama.cpp can count (2**31)")
     if n < 0:
@@ -111,17 +115,13 @@ cdef str _detokenize(Model m, object tokens, bint remove_special, bint unparse_s
     cdef string buf
     cdef int32_t got
     buf.resize(n * 8 + 16)
-    m._users += 1
-    try:
-        with nogil:
-            got = ll.llama_detokenize(m._vocab, &ids[0], <int32_t>n, &buf[0], <int32_t>min(buf.size(), <size_t>INT32_MAX),
+    with nogil:
+        got = ll.llama_detokenize(m._vocab, &ids[0], <int32_t>n, &buf[0], <int32_t>min(buf.size(), <size_t>INT32_MAX),
+                                  remove_special, unparse_special)
+        if got < 0:
+            buf.resize(-got)
+            got = ll.llama_detokenize(m._vocab, &ids[0], <int32_t>n, &buf[0], <int32_t>buf.size(),
                                       remove_special, unparse_special)
-            if got < 0:
-                buf.resize(-got)
-                got = ll.llama_detokenize(m._vocab, &ids[0], <int32_t>n, &buf[0], <int32_t>buf.size(),
-                                          remove_special, unparse_special)
-    finally:
-        m._users -= 1
     if got < 0:
         raise TokenizeError(f"llama_detokenize failed ({got})")
     return PyUnicode_DecodeUTF8(buf.data(), got, "replace")

@@ -65,16 +65,12 @@ cdef tuple _vocab_table(Model m):
     cdef string flat
     cdef const char * s
     ov[0] = 0
-    m._users += 1
-    try:
-        with nogil:
-            flat.reserve(<size_t>n * 8)
-            for i in range(n):
-                s = ll.llama_vocab_get_text(m._vocab, i)
-                flat.append(s)
-                ov[i + 1] = flat.size()
-                sv[i] = ll.llama_vocab_get_score(m._vocab, i)
-                av[i] = ll.llama_vocab_get_attr(m._vocab, i)
-    finally:
-        m._users -= 1
+    with nogil:
+        flat.reserve(<size_t>n * 8)
+        for i in range(n):
+            s = ll.llama_vocab_get_text(m._vocab, i)
+            flat.append(s)
+            ov[i + 1] = flat.size()
+            sv[i] = ll.llama_vocab_get_score(m._vocab, i)
+            av[i] = ll.llama_vocab_get_attr(m._vocab, i)
     return PyBytes_FromStringAndSize(flat.data(), flat.size()), text_offsets, scores, attrs

@@ -115,7 +115,7 @@ def test_entering_a_closed_object_raises(own_model):
 # Attributes that stay readable after close(), like a closed file's ``name`` and ``closed``.
 CONTEXT_READABLE_AFTER_CLOSE = {"closed", "model", "close", "last_stats", "cancel",
                                 "kv_cache_type", "flash_attn", "prefix_caching", "cached_tokens",
-                                "last_embedding_stats"}
+                                "last_embedding_stats", "busy"}
 _HI = [{"role": "user", "content": "Hi"}]
 CONTEXT_CALLS = {
     "generate": lambda c: c.generate("Hi", max_tokens=2, temperature=0.0),

@@ -65,3 +65,4 @@ cdef extern from "gguf.h" nogil:
     const char * gguf_get_val_str(const gguf_context * ctx, int64_t key_id)
     uint32_t gguf_get_val_u32(const gguf_context * ctx, int64_t key_id)
     int32_t gguf_get_val_i32(const gguf_context * ctx, int64_t key_id)
+    int64_t gguf_find_tensor(const gguf_context * ctx, const char * name)

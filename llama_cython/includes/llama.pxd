@@ -1,6 +1,7 @@
 # Declarations from llama.h, names verbatim; only what llama_cython uses.
 #
-# Functions that can throw C++ exceptions through the C API are declared `except +` (see
+# Functions that can throw C++ exceptions through the C API are declared
+# `except +raise_cpp_error` (_errors.h: std::bad_alloc -> AllocationError, others -> LlamaError; see
 # shared/notes/llama-cpp-api-map.md section 4): the tokenizer/vocab accessors use .at(), the
 # sampler can throw from a grammar, llama_process/llama_batch_ext_add_* can throw bad_alloc.
 # The extension is compiled as C++ so that these become Python exceptions instead of
@@ -8,6 +9,10 @@
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libcpp cimport bool as cppbool
 from llama_cython.includes.ggml cimport ggml_type, ggml_log_callback, ggml_abort_callback
+
+cdef extern from "_errors.h" namespace "llama_cython":
+    void raise_cpp_error()
+
 
 cdef extern from "llama.h" nogil:
     ctypedef int32_t llama_pos
@@ -144,6 +149,7 @@ cdef extern from "llama.h" nogil:
     int32_t llama_model_n_ctx_train(const llama_model * model)
     int32_t llama_model_n_embd(const llama_model * model)
     int32_t llama_model_n_embd_out(const llama_model * model)
+    uint32_t llama_model_n_cls_out(const llama_model * model)
     int32_t llama_model_n_layer(const llama_model * model)
     int32_t llama_model_n_head(const llama_model * model)
     int32_t llama_model_n_swa(const llama_model * model)
@@ -191,10 +197,10 @@ cdef extern from "llama.h" nogil:
     llama_batch_ext * llama_batch_ext_init(llama_context * ctx)
     void llama_batch_ext_free(llama_batch_ext * batch)
     void llama_batch_ext_clear(llama_batch_ext * batch)
-    int32_t llama_batch_ext_add_token(llama_batch_ext * batch, llama_seq_id seq_id, llama_token id) except +
+    int32_t llama_batch_ext_add_token(llama_batch_ext * batch, llama_seq_id seq_id, llama_token id) except +raise_cpp_error
     bint llama_batch_ext_set_pos(llama_batch_ext * batch, int32_t idx, const llama_pos * pos)
     bint llama_batch_ext_set_output_logits(llama_batch_ext * batch, int32_t idx, bint value)
-    int32_t llama_process(llama_context * ctx, llama_process_type type, llama_batch_ext * batch) except +
+    int32_t llama_process(llama_context * ctx, llama_process_type type, llama_batch_ext * batch) except +raise_cpp_error
 
     # vocabulary
     # Same clash as llama_pooling_type: the C name is given in quotes.
@@ -217,38 +223,48 @@ cdef extern from "llama.h" nogil:
     llama_token llama_vocab_fim_pad(const llama_vocab * vocab)
     llama_token llama_vocab_fim_rep(const llama_vocab * vocab)
     llama_token llama_vocab_fim_sep(const llama_vocab * vocab)
-    bint llama_vocab_is_control(const llama_vocab * vocab, llama_token token) except +
+    bint llama_vocab_is_control(const llama_vocab * vocab, llama_token token) except +raise_cpp_error
     # id_to_token.at(id): a bad id throws std::out_of_range
-    const char * llama_vocab_get_text(const llama_vocab * vocab, llama_token token) except +
-    float llama_vocab_get_score(const llama_vocab * vocab, llama_token token) except +
-    uint32_t llama_vocab_get_attr "(uint32_t) llama_vocab_get_attr"(const llama_vocab * vocab, llama_token token) except +
+    const char * llama_vocab_get_text(const llama_vocab * vocab, llama_token token) except +raise_cpp_error
+    float llama_vocab_get_score(const llama_vocab * vocab, llama_token token) except +raise_cpp_error
+    uint32_t llama_vocab_get_attr "(uint32_t) llama_vocab_get_attr"(const llama_vocab * vocab, llama_token token) except +raise_cpp_error
 
     # tokenization ("The API is thread-safe")
     int32_t llama_tokenize(const llama_vocab * vocab, const char * text, int32_t text_len,
                            llama_token * tokens, int32_t n_tokens_max,
-                           bint add_special, bint parse_special) except +
+                           bint add_special, bint parse_special) except +raise_cpp_error
     int32_t llama_token_to_piece(const llama_vocab * vocab, llama_token token, char * buf,
-                                 int32_t length, int32_t lstrip, bint special) except +
+                                 int32_t length, int32_t lstrip, bint special) except +raise_cpp_error
     int32_t llama_detokenize(const llama_vocab * vocab, const llama_token * tokens, int32_t n_tokens,
                              char * text, int32_t text_len_max,
-                             bint remove_special, bint unparse_special) except +
+                             bint remove_special, bint unparse_special) except +raise_cpp_error
 
     # sampling
     llama_sampler_chain_params llama_sampler_chain_default_params()
-    llama_sampler * llama_sampler_chain_init(llama_sampler_chain_params params)
-    void llama_sampler_chain_add(llama_sampler * chain, llama_sampler * smpl)
+    llama_sampler * llama_sampler_chain_init(llama_sampler_chain_params params) except +raise_cpp_error
+    void llama_sampler_chain_add(llama_sampler * chain, llama_sampler * smpl) except +raise_cpp_error
     int32_t llama_sampler_chain_n(const llama_sampler * chain)
-    llama_sampler * llama_sampler_init_greedy()
-    llama_sampler * llama_sampler_init_dist(uint32_t seed)
-    llama_sampler * llama_sampler_init_top_k(int32_t k)
-    llama_sampler * llama_sampler_init_top_p(float p, size_t min_keep)
-    llama_sampler * llama_sampler_init_min_p(float p, size_t min_keep)
-    llama_sampler * llama_sampler_init_typical(float p, size_t min_keep)
+    llama_sampler * llama_sampler_init_greedy() except +raise_cpp_error
+    llama_sampler * llama_sampler_init_dist(uint32_t seed) except +raise_cpp_error
+    llama_sampler * llama_sampler_init_top_k(int32_t k) except +raise_cpp_error
+    llama_sampler * llama_sampler_init_top_p(float p, size_t min_keep) except +raise_cpp_error
+    llama_sampler * llama_sampler_init_min_p(float p, size_t min_keep) except +raise_cpp_error
+    llama_sampler * llama_sampler_init_typical(float p, size_t min_keep) except +raise_cpp_error
     llama_sampler * llama_sampler_init_logit_bias(int32_t n_vocab, int32_t n_logit_bias,
-                                                  const llama_logit_bias * logit_bias)
-    llama_sampler * llama_sampler_init_temp(float t)
+                                                  const llama_logit_bias * logit_bias) except +raise_cpp_error
+    llama_sampler * llama_sampler_init_temp(float t) except +raise_cpp_error
     llama_sampler * llama_sampler_init_penalties(int32_t n_vocab, int32_t penalty_last_n, float penalty_repeat,
-                                                 float penalty_freq, float penalty_present)
-    llama_token llama_sampler_sample(llama_sampler * smpl, llama_context * ctx, int32_t idx) except +
+                                                 float penalty_freq, float penalty_present) except +raise_cpp_error
+    llama_token llama_sampler_sample(llama_sampler * smpl, llama_context * ctx, int32_t idx) except +raise_cpp_error
     void llama_sampler_reset(llama_sampler * smpl)
     void llama_sampler_free(llama_sampler * smpl)
+
+
+# Every tokenization of the package goes through this one (_tokenize.h): llama_tokenize, run on
+# a thread with a stack large enough for the text's longest run of characters.
+cdef extern from "_tokenize.h" namespace "llama_cython" nogil:
+    int32_t safe_tokenize "llama_cython::tokenize"(const llama_vocab * vocab, const char * text,
+                                                   int32_t text_len, llama_token * tokens,
+                                                   int32_t n_tokens_max, bint add_special,
+                                                   bint parse_special) except +raise_cpp_error
+    int64_t longest_match_bound(const char * text, int64_t n)
