@@ -174,9 +174,10 @@ cdef object _gguf_problem(ggml.gguf_context * g):
     values: block_count outside (0, 512] (llama-model.cpp), a repeated vocabulary string
     (llama-vocab.cpp: id_to_token.size() == token_to_id.size()), a NaN or negative norm epsilon
     (ggml-cpu ops.cpp: eps >= 0, at the first decode), expert counts and groups, nextn layers,
-    an unknown rope scaling type (llama-model.cpp load_hparams), an alignment below 32 bytes.
-    Not covered yet: tensor shapes and types that do not fit the hyperparameters (they abort
-    at the first decode); see scripts/fuzz_gguf.py.
+    an unknown rope scaling type (llama-model.cpp load_hparams), an alignment below 32 bytes,
+    tensors stored as F64 or integers (no kernel computes with them: SIGSEGV at the first
+    decode). Not covered yet: tensor shapes that do not fit the hyperparameters; see
+    scripts/fuzz_gguf.py and tests/test_stress.py.
     """
     cdef int64_t i, key, dup
     cdef float eps
@@ -189,6 +190,15 @@ cdef object _gguf_problem(ggml.gguf_context * g):
             eps = ggml.gguf_get_val_f32(g, i)
             if not isfinite(eps) or eps < 0:
                 return f"{name.decode(errors='replace')} is {eps}"
+    cdef ggml.ggml_type ttype
+    for i in range(ggml.gguf_get_n_tensors(g)):
+        ttype = ggml.gguf_get_tensor_type(g, i)
+        if ttype in (ggml.GGML_TYPE_F64, ggml.GGML_TYPE_I8, ggml.GGML_TYPE_I16,
+                     ggml.GGML_TYPE_I32, ggml.GGML_TYPE_I64):
+            # ggml's CPU kernels have no matrix product for these: a SIGSEGV at the first decode
+            name = (<bytes>ggml.gguf_get_tensor_name(g, i)).decode("utf-8", "replace")
+            return (f"tensor {name} has type {(<bytes>ggml.ggml_type_name(ttype)).decode()}, "
+                    "which llama.cpp cannot compute with")
     align = _gguf_int(g, b"general.alignment")
     if align is not None and (align <= 0 or align % 32):
         # ggml-backend asserts that tensor data is 32-byte aligned in the mapped file

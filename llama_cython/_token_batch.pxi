@@ -24,13 +24,6 @@ cdef extern from "_token_batch.h" namespace "llama_cython" nogil:
 cdef int64_t _BYTES_PER_THREAD = 32 * 1024
 
 
-cdef int _cpu_count():
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
 cdef int _batch_threads(object n_threads, int64_t total_bytes, Py_ssize_t n_texts) except -1:
     """Threads for a batch: as asked, or (None) as many as the work pays for, up to the CPUs."""
     cdef int64_t want
@@ -38,7 +31,7 @@ cdef int _batch_threads(object n_threads, int64_t total_bytes, Py_ssize_t n_text
         _check_int(n_threads, "n_threads", 1, 1024)
         return n_threads
     want = total_bytes // _BYTES_PER_THREAD
-    want = min(want, <int64_t>_cpu_count(), <int64_t>n_texts)
+    want = min(want, <int64_t>_cpus.available_cpus(), <int64_t>n_texts)
     return <int>max(want, 1)
 
 

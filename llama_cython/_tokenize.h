@@ -7,11 +7,12 @@
 // same ids as llama_tokenize and runs it on a thread with a stack large enough for the text
 // when the calling thread's stack might not be.
 //
-// How large: a pre-tokenizer match never crosses more than one run of non-whitespace and the
-// whitespace on either side of it (every pattern llama.cpp knows splits at Unicode White_Space,
-// letters, digits or punctuation classes: a match is at most `\s*` + one class run + `\s*`),
-// so the longest such span, in bytes, bounds the recursion; STACK_PER_BYTE is its measured
-// cost with headroom (tests/test_pretokenizers.py measures the worst of the ~90 pre-tokenizers).
+// How large: a pre-tokenizer match never crosses more than one run of non-whitespace (words
+// joined by single spaces, for one pattern) and the whitespace on either side of it (every
+// pattern llama.cpp knows splits at Unicode White_Space, letters, digits or punctuation
+// classes), so the longest such span, in bytes, bounds the recursion; STACK_PER_BYTE is its
+// measured cost with headroom. tests/test_pretokenizers.py runs long inputs through all ~90
+// pre-tokenizers.
 #pragma once
 
 #include <pthread.h>
@@ -26,10 +27,11 @@
 
 namespace llama_cython {
 
-// Stack bytes per byte of the longest span (measured worst case ~320, with headroom).
-static const size_t STACK_PER_BYTE = 1024;
-// Fixed part: llama.cpp's frames above the regex, and the rest of the tokenizer.
-static const size_t STACK_BASE = (size_t) 1 << 20;
+// Stack bytes per byte of the longest span: measured 320 per character for every std::regex
+// pattern of the pinned llama.cpp (scripts/measure_pretok_stack.py), 60% headroom.
+static const size_t STACK_PER_BYTE = 512;
+// Fixed part: llama.cpp's frames above the regex (measured under 40 KB), and the rest.
+static const size_t STACK_BASE = (size_t) 256 << 10;
 // Keep this much of the caller's stack untouched when deciding to tokenize in place.
 static const size_t STACK_MARGIN = (size_t) 256 << 10;
 
@@ -57,24 +59,33 @@ inline bool utf8_space_at(const unsigned char * s, int64_t n, int64_t i, int & l
     return false;
 }
 
-// Longest span of (whitespace run, non-whitespace run, whitespace run) in bytes.
+// Longest span of (whitespace run, words, whitespace run) in bytes, where "words" are runs of
+// non-whitespace joined by single ASCII spaces: one pre-tokenizer ('exaone-moe':
+// `\p{L}\p{M}*(?: \p{L}\p{M}*)*`) matches across single spaces, so a paragraph of prose is
+// one match there. Any other whitespace (two spaces, a newline, a tab) ends the words.
 inline int64_t longest_match_bound(const char * text, int64_t n) {
     const unsigned char * s = (const unsigned char *) text;
     int64_t best = 0, prev_space = 0, space = 0, word = 0;
+    bool single_space = false;   // `space` is exactly one ASCII space so far
     int64_t i = 0;
     while (i < n) {
         int len;
         const bool is_space = utf8_space_at(s, n, i, len);
         if (is_space) {
+            single_space = space == 0 && s[i] == ' ';
             space += len;
         } else {
-            if (space > 0 || word == 0) {
-                // a new word starts: close the previous (spaces, word, spaces) span
+            if (space > 0 && word > 0 && single_space) {
+                word += space;           // "a b": the words go on across one space
+                space = 0;
+            } else if (space > 0 || word == 0) {
+                // new words start: close the previous (spaces, words, spaces) span
                 if (prev_space + word + space > best) best = prev_space + word + space;
                 prev_space = space;
                 space = 0;
                 word = 0;
             }
+            single_space = false;
             word += len;
         }
         i += len;

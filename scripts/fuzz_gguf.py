@@ -26,6 +26,7 @@ New crash classes found by a combination are reduced (one-minimal) by dropping m
     .venv/bin/python scripts/fuzz_gguf.py --count 200 --time-budget 300 --seed 7
     .venv/bin/python scripts/fuzz_gguf.py --only catalog --out /tmp/fuzz
     .venv/bin/python scripts/fuzz_gguf.py --replay /tmp/fuzz/crash-01.gguf
+    .venv/bin/python scripts/fuzz_gguf.py --sample 20 --count 30 --time-budget 150   # CI's stress run
 
 Crash reproducers (``crash-NN.gguf``) and ``report.json`` go to ``--out``.
 """
@@ -1093,7 +1094,10 @@ def build_variants(fz: Fuzzer, args: argparse.Namespace) -> Iterator[Variant]:
     rng = random.Random(args.seed)
     cat = catalog_hparams() + catalog_tokenizer() + catalog_tensors()
     if args.only in ("all", "catalog"):
-        for atoms in cat:
+        chosen = cat
+        if args.sample is not None and args.sample < len(cat):
+            chosen = random.Random(rng.random()).sample(cat, args.sample)
+        for atoms in chosen:
             yield Variant(fz.new_id("cat"), "catalog", atoms=atoms)
     n_random = args.count
     if args.only == "all":
@@ -1149,6 +1153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=6000,
                    help="random variants after the catalog (combos + bytes)")
     p.add_argument("--time-budget", type=float, default=840.0, help="seconds for the whole run")
+    p.add_argument("--sample", type=int, default=None,
+                   help="run this many catalog entries, drawn with the seed (default: all)")
     p.add_argument("--timeout", type=float, default=20.0, help="seconds per variant")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--mem-limit-mb", type=int, default=4096, help="address-space limit per child (0: none)")

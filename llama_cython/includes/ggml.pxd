@@ -24,6 +24,11 @@ cdef extern from "ggml.h" nogil:
         GGML_TYPE_Q8_0
         GGML_TYPE_IQ4_NL
         GGML_TYPE_BF16
+        GGML_TYPE_I8
+        GGML_TYPE_I16
+        GGML_TYPE_I32
+        GGML_TYPE_I64
+        GGML_TYPE_F64
 
     const char * ggml_type_name(ggml_type type)
     bint ggml_is_quantized(ggml_type type)
@@ -66,3 +71,6 @@ cdef extern from "gguf.h" nogil:
     uint32_t gguf_get_val_u32(const gguf_context * ctx, int64_t key_id)
     int32_t gguf_get_val_i32(const gguf_context * ctx, int64_t key_id)
     int64_t gguf_find_tensor(const gguf_context * ctx, const char * name)
+    int64_t gguf_get_n_tensors(const gguf_context * ctx)
+    const char * gguf_get_tensor_name(const gguf_context * ctx, int64_t tensor_id)
+    ggml_type gguf_get_tensor_type(const gguf_context * ctx, int64_t tensor_id)
