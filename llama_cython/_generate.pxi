@@ -541,12 +541,17 @@ cdef GenerationStream _start_generation(Context self, object prompt, bint add_sp
             raise ContextError("this model computes embeddings only (it has no KV cache and no "
                                "logits); it cannot generate")
         s.mark = _log_mark()
+        n_ctx = ll.llama_n_ctx_seq(self._ctx)
+        n = <int32_t>min(_min_tokens(self.model, len(data)), <int64_t>INT32_MAX)
+        if n > n_ctx:
+            raise ContextSizeError(
+                f"prompt is at least {n} tokens ({len(data)} bytes, at most "
+                f"{self.model._max_piece} per token), longer than the context ({n_ctx} tokens)")
         # parse_special: chat markers such as <|im_start|> in a prompt are tokens, as in llama.cpp's examples
         prompt_ids = _tokenize(self.model, data, add_special, True)
         n_prompt = prompt_ids.shape[0]
         if n_prompt == 0:
             raise TokenizeError("the prompt is empty (it tokenizes to no tokens)")
-        n_ctx = ll.llama_n_ctx_seq(self._ctx)
         if n_prompt > n_ctx:
             raise ContextSizeError(
                 f"prompt is {n_prompt} tokens, longer than the context ({n_ctx} tokens)")

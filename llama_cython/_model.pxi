@@ -348,6 +348,7 @@ cdef class Model:
     cdef readonly str path
     cdef readonly bint vocab_only
     cdef bint _has_cls_head      # cls / cls.output tensors: what pooling="rank" reads
+    cdef int64_t _max_piece      # bytes of the longest token piece (0: not computed yet)
     cdef int32_t _n_vocab
     cdef object _contexts        # WeakSet of open Contexts
     cdef int _users              # calls holding the model (see _acquire); guarded by the GIL

@@ -74,6 +74,27 @@ cdef object _tokenize(Model m, bytes data, bint add_special, bint parse_special)
     return arr
 
 
+cdef int64_t _min_tokens(Model m, Py_ssize_t nbytes) except -1:
+    """A lower bound on the tokens of a text of ``nbytes`` bytes, without tokenizing it, or 0.
+
+    BPE and SPM vocabularies are lossless: the pieces of a text's tokens spell its bytes again
+    (SPM's U+2581 is a space again in the pieces), so a text needs at least its bytes divided
+    by the longest piece. Lets a prompt that cannot fit be refused at once: tokenizing 400k
+    byte-fallback characters on Gemma 3 took 21 s before the context check (WPM/UGM normalise
+    text, so no bound is claimed for them).
+    """
+    cdef int t = ll.llama_vocab_type_of(m._vocab)
+    cdef const int32_t[::1] iv
+    if t != ll.LLAMA_VOCAB_TYPE_BPE and t != ll.LLAMA_VOCAB_TYPE_SPM:
+        return 0
+    if m._max_piece == 0:
+        ids = np.arange(m._n_vocab, dtype=np.int32)
+        iv = ids
+        _, offsets = _pieces(m, &iv[0], ids.shape[0], True)
+        m._max_piece = max(1, int(np.diff(offsets).max()))
+    return nbytes // m._max_piece
+
+
 cdef int32_t _check_token(Model m, object token) except? -1:
     _check_vocab(m)
     if isinstance(token, bool) or not isinstance(token, (int, np.integer)):

@@ -20,6 +20,7 @@ import llama_cython as llama
 from llama_cython import _cpus
 from llama_cython.errors import (
     ContextBusyError,
+    ContextSizeError,
     ModelLoadError,
     OptionError,
     TokenizeError,
@@ -356,3 +357,21 @@ def test_exit_while_a_daemon_thread_is_in_native_code(work):
         done_one.wait()
         print("OK")
         """)
+
+
+# -- 9. a prompt that cannot fit is refused before it is tokenized ----------------------------
+
+
+def test_hopeless_prompt_is_refused_without_tokenizing(gemma):
+    # 400k byte-fallback characters: 21 s of tokenization before the context check, before.
+    prompt = "\U00020000" * 400_000
+    with gemma.new_context(n_ctx=512, n_threads=1) as ctx:
+        with pytest.raises(ContextSizeError, match="at least"):
+            ctx.generate(prompt, max_tokens=1)
+        assert ctx.generate("Hello", max_tokens=1, temperature=0) is not None
+    # the bound is a true lower bound: never above the real count
+    longest = max(len(gemma.token_to_piece(i)) for i in range(gemma.n_vocab))
+    for text in ["Hello world", "\U00020000" * 50, "a" * 3000, "<start_of_turn>user\nHi",
+                 " " * 100, "\n\n\n" * 30]:
+        ids = gemma.tokenize(text, parse_special=True)
+        assert len(text.encode()) // longest <= len(ids), text[:20]
