@@ -331,6 +331,9 @@ def load_model(path, *, n_gpu_layers=-1, use_mmap=True, use_mlock=False, main_gp
     cdef Model model = Model.__new__(Model)
     model._attach(raw, shown, vocab_only)
     model._has_cls_head = has_head
+    if model.metadata.get("tokenizer.ggml.pre") == "whitespace":
+        ll.guard_spaces(model._vocab, True)
+        model._spaces_guarded = True
     return model
 
 
@@ -349,6 +352,7 @@ cdef class Model:
     cdef readonly bint vocab_only
     cdef bint _has_cls_head      # cls / cls.output tensors: what pooling="rank" reads
     cdef int64_t _max_piece      # bytes of the longest token piece (0: not computed yet)
+    cdef bint _spaces_guarded    # registered with _tokenize.h's guard_spaces
     cdef int32_t _n_vocab
     cdef object _contexts        # WeakSet of open Contexts
     cdef int _users              # calls holding the model (see _acquire); guarded by the GIL
@@ -376,11 +380,18 @@ cdef class Model:
         self._metadata = None
         self._vocab_arrays = None
 
+    cdef void _free(self) noexcept:
+        if self._spaces_guarded:
+            self._spaces_guarded = False
+            ll.unguard_spaces(self._vocab)
+        ll.llama_model_free(self._model)
+        self._model = NULL
+        self._vocab = NULL
+
     def __dealloc__(self):
         # Contexts hold a strong reference to their model, so none is alive here.
         if self._model != NULL:
-            ll.llama_model_free(self._model)
-            self._model = NULL
+            self._free()
 
     cdef inline int _check_open(self) except -1:
         if self._model == NULL:
@@ -427,9 +438,7 @@ cdef class Model:
                     "model is in use by a call running in this thread (close() was called from "
                     "a callback or from an input the call is reading); close it after that call returns")
             raise ContextBusyError("model is in use by another thread; close it when that call returns")
-        ll.llama_model_free(self._model)
-        self._model = NULL
-        self._vocab = NULL
+        self._free()
 
     @property
     def closed(self):

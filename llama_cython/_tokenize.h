@@ -19,9 +19,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <algorithm>
+#include <atomic>
 #include <exception>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "llama.h"
 
@@ -147,12 +151,79 @@ int run_with_stack(size_t bytes, F & f) {
     return rc;
 }
 
+// Vocabularies whose pre-tokenizer is 'whitespace' (jina-embeddings-v2-base-zh): llama.cpp
+// splits with `\S+` and no byte encoding, so a run of whitespace of two or more characters
+// with an ASCII space in it reaches find_bpe_rank, which asserts that no piece holds a space
+// (GGML_ASSERT: the process aborts). Such texts are refused for these vocabularies.
+struct SpaceGuard {
+    std::mutex lock;
+    std::vector<const llama_vocab *> vocabs;
+    std::atomic<int> count{0};
+};
+
+inline SpaceGuard & space_guard() {
+    static SpaceGuard * guard = new SpaceGuard();   // never destroyed (threads may use it at exit)
+    return *guard;
+}
+
+inline void guard_spaces(const llama_vocab * vocab, bool on) {
+    SpaceGuard & g = space_guard();
+    std::lock_guard<std::mutex> hold(g.lock);
+    auto it = std::find(g.vocabs.begin(), g.vocabs.end(), vocab);
+    if (on && it == g.vocabs.end()) g.vocabs.push_back(vocab);
+    if (!on && it != g.vocabs.end()) g.vocabs.erase(it);
+    g.count.store((int) g.vocabs.size());
+}
+
+inline void unguard_spaces(const llama_vocab * vocab) noexcept {
+    try {
+        guard_spaces(vocab, false);
+    } catch (...) {
+    }
+}
+
+inline bool spaces_guarded(const llama_vocab * vocab) {
+    SpaceGuard & g = space_guard();
+    if (g.count.load(std::memory_order_relaxed) == 0) return false;
+    std::lock_guard<std::mutex> hold(g.lock);
+    return std::find(g.vocabs.begin(), g.vocabs.end(), vocab) != g.vocabs.end();
+}
+
+// Byte offset of the first run of 2+ whitespace characters that holds an ASCII space, or -1.
+inline int64_t space_run_at(const char * text, int64_t n) {
+    const unsigned char * s = (const unsigned char *) text;
+    int64_t i = 0, start = -1, chars = 0;
+    bool has_space = false;
+    while (i <= n) {
+        int len = 1;
+        const bool ws = i < n && utf8_space_at(s, n, i, len);
+        if (ws) {
+            if (start < 0) { start = i; chars = 0; has_space = false; }
+            ++chars;
+            has_space = has_space || s[i] == ' ';
+        } else {
+            if (start >= 0 && chars >= 2 && has_space) return start;
+            start = -1;
+        }
+        i += len;
+    }
+    return -1;
+}
+
 // llama_tokenize, on a thread with enough stack when this one may not have it. C++ exceptions
 // of llama.cpp reach the caller as they would from llama_tokenize; a stack that cannot be had
 // (a single run of hundreds of megabytes) is a std::length_error, not a crash.
 inline int32_t tokenize(const llama_vocab * vocab, const char * text, int32_t text_len,
                         llama_token * tokens, int32_t n_tokens_max, bool add_special,
                         bool parse_special) {
+    if (spaces_guarded(vocab)) {
+        const int64_t at = space_run_at(text, text_len);
+        if (at >= 0) {
+            throw std::invalid_argument(
+                "this vocabulary's 'whitespace' pre-tokenizer cannot take a run of whitespace that "
+                "holds a space (at byte " + std::to_string(at) + "): llama.cpp would abort the process");
+        }
+    }
     const int64_t bound = longest_match_bound(text, text_len);
     const size_t need = stack_needed(bound);
     if (need + STACK_MARGIN <= stack_room()) {

@@ -268,3 +268,5 @@ cdef extern from "_tokenize.h" namespace "llama_cython" nogil:
                                                    int32_t n_tokens_max, bint add_special,
                                                    bint parse_special) except +raise_cpp_error
     int64_t longest_match_bound(const char * text, int64_t n)
+    void guard_spaces(const llama_vocab * vocab, bint on) except +raise_cpp_error
+    void unguard_spaces(const llama_vocab * vocab)
