@@ -44,7 +44,8 @@ VALID = {
     "n_ctx": [0, 256, 512, 1000, 2048], "n_batch": [1, 8, 64, 512, 2048], "n_ubatch": [1, 8, 64, 512],
     "n_threads": [1, 2, None], "n_threads_batch": [1, 2, None],
     "kv_cache_type": ["f16", "f32", "bf16", "q8_0", "q4_0"], "flash_attn": ["auto", "on", "off", True, False],
-    "pooling": [None, "none", "mean", "cls", "last"], "n_parallel": [1, 2, 3, 4], "prefix_caching": [True, False],
+    "pooling": [None, "none", "mean", "cls", "last"], "n_parallel": [1, 2, 3, 4],
+    "prefix_caching": [True, False],
     "max_tokens": [1, 2, 4, 8], "temperature": [0, 0.5, 1.0, 2.0, 100.0], "top_k": [0, 1, 5, 40, 10**6],
     "top_p": [0.01, 0.5, 1.0], "min_p": [0, 0.05, 1.0], "typical_p": [0.01, 0.5, 1.0],
     "repetition_penalty": [0.5, 1.0, 1.3, 100.0], "repeat_last_n": [-1, 0, 1, 64, 2**31 - 1],
@@ -90,10 +91,12 @@ for i in range(calls):
     elif kind == 3:
         kw = draw(EMBED, 2)
         texts = rng.choice([["a b", "c"], [None, "x"], [""], ["word " * 600]])
-        attempt(f"embeddings {texts!r:.40} {kw!r}", lambda kw=kw, t=texts: emb_ctx.get_embeddings_batch(t, **kw))
+        attempt(f"embeddings {texts!r:.40} {kw!r}",
+                lambda kw=kw, t=texts: emb_ctx.get_embeddings_batch(t, **kw))
     else:
         tok = rng.choice(POOL)
-        attempt(f"token {tok!r}", lambda t=tok: (smol.token_to_piece(t), smol.detokenize([t]), smol.is_eog(t)))
+        attempt(f"token {tok!r}",
+                lambda t=tok: (smol.token_to_piece(t), smol.detokenize([t]), smol.is_eog(t)))
 assert gen_ctx.generate("Hello", max_tokens=2, temperature=0) is not None
 assert emb_ctx.get_embeddings_batch(["still fine"]).shape == (1, mini.n_embd)
 print("OK", flush=True)
