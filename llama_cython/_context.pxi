@@ -22,6 +22,9 @@ cdef dict _POOLING_NAMES = {
 }
 _KV_REPORT = re.compile(r"K \((\w+)\):.*V \((\w+)\):")
 _MAX_THREADS = 512   # GGML_MAX_N_THREADS
+cdef enum:
+    _HOLD_CALL = 1
+    _HOLD_STREAM = 2
 
 
 from llama_cython import _cpus
@@ -67,9 +70,9 @@ cdef class Context:
     cdef ll.llama_context * _ctx
     cdef ll.llama_batch_ext * _batch
     cdef readonly Model model
-    cdef object _lock
-    cdef unsigned long _owner         # thread ident of the holder of _lock
-    cdef str _owner_kind              # what holds it: "call" or "stream"
+    cdef bint _held                   # a call or a stream holds the context; guarded by the GIL
+    cdef unsigned long _owner         # thread ident of the holder
+    cdef int _owner_kind              # what holds it: _HOLD_CALL or _HOLD_STREAM
     cdef volatile int _abort
     cdef readonly bint prefix_caching
     cdef readonly object kv_cache_type
@@ -182,7 +185,6 @@ cdef class Context:
 
         cdef Context self = Context.__new__(Context)
         self.model = model
-        self._lock = threading.Lock()
         self.prefix_caching = prefix_caching
         self._embeddings = embeddings
         p.abort_callback = _abort_callback
@@ -260,40 +262,39 @@ cdef class Context:
     # The one guard of every operation that reaches llama.cpp through this context: _enter
     # takes the context (or fails at once with ContextBusyError) and checks that it is open;
     # _leave, in a ``finally`` (or when a stream ends), after the last C call. close() takes
-    # the same lock, so it cannot free the context under a running call.
+    # it too, so it cannot free the context under a running call. Taking never waits, and
+    # every test-and-set runs with the GIL held, so a flag is the whole lock; _leave cannot
+    # fail, so a stream's deallocator can always hand the context back.
 
     cdef str _busy_reason(self):
         if self._owner == threading.get_ident():
-            if self._owner_kind == "stream":
+            if self._owner_kind == _HOLD_STREAM:
                 return ("an open GenerationStream of this thread holds it; exhaust or close() "
                         "the stream first")
             return ("a call on it is running in this thread (this was called from a callback "
                     "or from an input that call is reading)")
-        what = "an open GenerationStream" if self._owner_kind == "stream" else "a call"
+        what = "an open GenerationStream" if self._owner_kind == _HOLD_STREAM else "a call"
         return f"{what} in another thread is using it (use one context per thread)"
 
-    cdef int _enter(self, str kind="call") except -1:
+    cdef int _enter(self, int kind=_HOLD_CALL) except -1:
         """Take the context for this thread and check it is open, or fail at once if busy."""
         self._check_open()
-        if not self._lock.acquire(False):
+        if self._held:
             raise ContextBusyError(f"context is busy: {self._busy_reason()}")
-        if kind == "call":
-            try:
-                _native_begin()     # a stream counts only while it runs (GenerationStream._run)
-            except BaseException:
-                self._lock.release()
-                raise
-        self._owner = threading.get_ident()
+        if kind == _HOLD_CALL:
+            _native_begin()         # a stream counts only while it runs (GenerationStream._run)
+        self._held = True
+        self._owner = PyThread_get_thread_ident()
         self._owner_kind = kind
         self._abort = 0
         return 0
 
-    cdef inline void _leave(self):
-        if self._owner_kind == "call":
+    cdef inline void _leave(self) noexcept:
+        if self._owner_kind == _HOLD_CALL:
             native_end()
         self._owner = 0
-        self._owner_kind = None
-        self._lock.release()
+        self._owner_kind = 0
+        self._held = False
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -301,8 +302,9 @@ cdef class Context:
         """Free the KV cache now. Idempotent; raises ContextBusyError while another thread uses it."""
         if self._ctx == NULL:
             return
-        if not self._lock.acquire(False):
+        if self._held:
             raise ContextBusyError(f"cannot close the context now: {self._busy_reason()}")
+        self._held = True
         try:
             if self._batch != NULL:
                 ll.llama_batch_ext_free(self._batch)
@@ -312,7 +314,7 @@ cdef class Context:
             self._ctx = NULL
             self.model._contexts.discard(self)
         finally:
-            self._lock.release()
+            self._held = False
 
     @property
     def closed(self):
@@ -323,7 +325,7 @@ cdef class Context:
     def busy(self):
         """True while a call or an open :class:`GenerationStream` holds the context (another
         thread's call would get :class:`ContextBusyError`). A snapshot: it may change at once."""
-        return self._lock.locked()
+        return self._held
 
     def __enter__(self):
         self._check_open()

@@ -527,7 +527,7 @@ cdef GenerationStream _start_generation(Context self, object prompt, bint add_sp
     cdef int32_t[::1] toks
     cdef int32_t n_prompt, n_ctx, n
     cdef size_t i, n_common
-    self._enter("stream")    # busy: ContextBusyError at once, whatever the prompt
+    self._enter(_HOLD_STREAM)    # busy: ContextBusyError at once, whatever the prompt
     s.released = True        # until the stream owns the context, its dealloc hands back nothing
     s.ctx = self
     try:

@@ -8,32 +8,12 @@ cdef int _MAX_EXPERTS = 1024  # LLAMA_MAX_EXPERTS
 _ROPE_SCALING_TYPES = (b"none", b"linear", b"yarn", b"longrope")
 
 
-cdef class _Progress:
-    """Carries the user's progress callable and any exception it raised across the C call."""
-    cdef object fn
-    cdef object error
-    cdef bint cancelled
-
-    def __cinit__(self, fn):
-        self.fn = fn
-        self.error = None
-        self.cancelled = False
-
-
-cdef cppbool _progress_callback(float progress, void * user_data) noexcept with gil:
-    # Runs on the loading thread, which released the GIL; llama.cpp cancels the load when this
-    # returns false. Exceptions are kept and re-raised once the load has returned.
-    cdef _Progress holder = <_Progress>user_data
-    try:
-        result = holder.fn(float(progress))
-    except BaseException as exc:   # also KeyboardInterrupt: stop loading, re-raise after
-        holder.error = exc
-        holder.cancelled = True
-        return False
-    if result is not None and not result:
-        holder.cancelled = True
-        return False
-    return True
+cdef extern from "_progress.h" namespace "llama_cython":
+    cdef cppclass ProgressState:
+        PyObject * fn
+        PyObject * error
+        cppbool cancelled
+    cppbool _progress_callback "llama_cython::progress_callback"(float progress, void * user_data) noexcept nogil
 
 
 cdef bytes _fs_path(object path, str what):
@@ -305,11 +285,11 @@ def load_model(path, *, n_gpu_layers=-1, use_mmap=True, use_mlock=False, main_gp
         params.load_mode = ll.LLAMA_LOAD_MODE_MLOCK
     else:
         params.load_mode = ll.LLAMA_LOAD_MODE_NONE
-    cdef _Progress holder = None
+    cdef ProgressState state      # llama.cpp calls the user's callable through it (_progress.h)
     if progress is not None:
-        holder = _Progress(progress)
+        state.fn = <PyObject *>progress
         params.progress_callback = _progress_callback
-        params.progress_callback_user_data = <void *>holder
+        params.progress_callback_user_data = <void *>&state
     else:
         # Without a callback llama.cpp prints progress dots through the log: keep it quiet.
         params.progress_callback = NULL
@@ -322,10 +302,15 @@ def load_model(path, *, n_gpu_layers=-1, use_mmap=True, use_mlock=False, main_gp
         with nogil:
             raw = ll.llama_model_load_from_file(cpath, params)
     _drain_log(verbose)
+    error = None
+    if state.error != NULL:
+        error = <object>state.error      # a new reference of its own...
+        Py_DECREF(error)                 # ...so the state's is given up
+        state.error = NULL
     if raw == NULL:
-        if holder is not None and holder.error is not None:
-            raise holder.error
-        if holder is not None and holder.cancelled:
+        if error is not None:
+            raise error
+        if state.cancelled:
             raise ModelLoadError(f"loading {shown} was cancelled by the progress callback")
         raise ModelLoadError(f"llama.cpp failed to load the model {shown}{_log_since(mark)}")
     cdef Model model = Model.__new__(Model)
