@@ -41,7 +41,6 @@ cdef struct _GenLoop:
     int64_t t_start_us
     int64_t t_prompt_us
     int64_t t_end_us
-    bint watch_signals            # look for Ctrl-C between decodes (a no-op off the main thread)
     int64_t t_poll_us             # when signals were last looked for
     void * owner                  # the GenerationStream (borrowed) that keeps a caught signal
 
@@ -52,9 +51,10 @@ cdef int64_t _SIGNAL_POLL_US = 50000
 
 
 cdef int _poll_signals(_GenLoop * g) except -1 nogil:
-    """1 when a signal handler raised (the exception is kept by the stream), else 0."""
+    """1 when a signal handler raised (the exception is kept by the stream), else 0. Off the
+    main thread Python runs no handlers, and this costs one GIL round trip per 50 ms."""
     cdef int64_t now
-    if not g.watch_signals or g.owner == NULL:
+    if g.owner == NULL:           # no stream is running the loop from Python right now
         return 0
     now = ll.llama_time_us()
     if now - g.t_poll_us < _SIGNAL_POLL_US:
@@ -580,7 +580,6 @@ cdef GenerationStream _start_generation(Context self, object prompt, bint add_sp
         s.g.max_tokens = max_tokens
         s.g.finish = FINISH_RUNNING
         s.g.logits_ok = self._logits_ok
-        s.g.watch_signals = True
         # A penalty window longer than the context means the whole context (and -1 says so);
         # llama.cpp would allocate the window as asked on every call (2**31-1: 8 GiB).
         if sp.repeat_last_n < 0 or sp.repeat_last_n > n_ctx:

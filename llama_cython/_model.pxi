@@ -733,13 +733,9 @@ cdef class Model:
 
     def _pieces_of_all(self):
         """(pieces bytes, offsets): every token's piece (special=True), in id order."""
-        cdef const int32_t[::1] iv
         self._acquire()
         try:
-            _check_vocab(self)
-            ids = np.arange(self._n_vocab, dtype=np.int32)
-            iv = ids
-            return _pieces(self, &iv[0], ids.shape[0], True)
+            return _all_pieces(self)
         finally:
             self._release()
 

@@ -84,15 +84,20 @@ cdef int64_t _min_tokens(Model m, Py_ssize_t nbytes) except -1:
     text, so no bound is claimed for them).
     """
     cdef int t = ll.llama_vocab_type_of(m._vocab)
-    cdef const int32_t[::1] iv
     if t != ll.LLAMA_VOCAB_TYPE_BPE and t != ll.LLAMA_VOCAB_TYPE_SPM:
         return 0
     if m._max_piece == 0:
-        ids = np.arange(m._n_vocab, dtype=np.int32)
-        iv = ids
-        _, offsets = _pieces(m, &iv[0], ids.shape[0], True)
+        _, offsets = _all_pieces(m)
         m._max_piece = max(1, int(np.diff(offsets).max()))
     return nbytes // m._max_piece
+
+
+cdef tuple _all_pieces(Model m):
+    """(pieces bytes, offsets) of every token (special=True), in id order."""
+    _check_vocab(m)
+    ids = np.arange(m._n_vocab, dtype=np.int32)
+    cdef const int32_t[::1] iv = ids
+    return _pieces(m, &iv[0], ids.shape[0], True)
 
 
 cdef int32_t _check_token(Model m, object token) except? -1:

@@ -14,6 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import llama_cython as llama
@@ -159,12 +160,15 @@ def test_context_closed_by_its_input_raises_cleanly():
 
 def test_busy_messages_say_which_holder(smol):
     with smol.new_context(n_ctx=256) as ctx:
+        assert not ctx.busy
         stream = ctx.generate_stream("Hello", max_tokens=4, temperature=0)
+        assert ctx.busy
         with pytest.raises(ContextBusyError, match="open GenerationStream of this thread"):
             ctx.generate("Hi", max_tokens=1)
         with pytest.raises(ContextBusyError, match="open GenerationStream of this thread"):
             ctx.close()
         stream.close()
+        assert not ctx.busy
         assert ctx.generate("Hi", max_tokens=1, temperature=0) is not None
 
 
@@ -375,3 +379,71 @@ def test_hopeless_prompt_is_refused_without_tokenizing(gemma):
                  " " * 100, "\n\n\n" * 30]:
         ids = gemma.tokenize(text, parse_special=True)
         assert len(text.encode()) // longest <= len(ids), text[:20]
+
+
+# -- 13. missing values and two-dimensional input --------------------------------------------
+
+
+def _with_nulls():
+    import pandas as pd
+
+    return ["a cat", None, "a dog", float("nan"), pd.NA, "a car"]
+
+
+def test_nulls_policy_in_batch_tokenization(smol):
+    texts = _with_nulls()
+    with pytest.raises(TypeError, match=r"texts\[1\] is missing.*nulls='empty'"):
+        smol.tokenize_batch(texts)
+    with pytest.raises(TypeError, match=r"texts\[1\] is missing"):
+        smol.count_tokens(texts)
+    empty = smol.tokenize_batch(texts, nulls="empty")
+    assert len(empty) == 6
+    for i in (1, 3, 4):
+        assert list(empty[i]) == list(smol.tokenize(""))
+    skipped = smol.count_tokens(texts, nulls="skip")
+    assert list(skipped) == list(smol.count_tokens(["a cat", "a dog", "a car"]))
+    with pytest.raises(OptionError, match="nulls"):
+        smol.count_tokens(texts, nulls="drop")
+    assert smol.count_tokens(["still works"])[0] > 0
+
+
+def test_nulls_policy_on_arrow_columns(smol):
+    pa = pytest.importorskip("pyarrow")
+    col = pa.chunked_array([["a cat", None], [None, "a car"]])
+    with pytest.raises(TypeError, match=r"texts\[1\] is null"):
+        smol.count_tokens(col)
+    assert list(smol.count_tokens(col, nulls="skip")) == list(smol.count_tokens(["a cat", "a car"]))
+    empty = smol.count_tokens(col, nulls="empty")
+    assert list(empty) == list(smol.count_tokens(["a cat", "", "", "a car"]))
+
+
+def test_nulls_policy_in_embeddings():
+    minilm = llama.load_model(llama.models.model_path("all-minilm-l6-v2"))
+    try:
+        with minilm.new_context(embeddings=True, n_threads=1) as ctx:
+            texts = _with_nulls()
+            with pytest.raises(TypeError, match=r"texts\[1\] is missing"):
+                ctx.get_embeddings_batch(texts)
+            skipped = ctx.get_embeddings_batch(texts, nulls="skip")
+            plain = ctx.get_embeddings_batch(["a cat", "a dog", "a car"])
+            assert skipped.shape == plain.shape
+            assert abs(skipped - plain).max() < 1e-5
+            empty = ctx.get_embeddings_batch(texts, nulls="empty")
+            assert empty.shape == (6, minilm.n_embd)
+            assert abs(empty[1] - ctx.get_embeddings("")).max() < 1e-5
+            blocks = list(ctx.iter_embeddings(iter(texts), chunk_size=4, nulls="skip"))
+            assert sum(b.shape[0] for b in blocks) == 3
+    finally:
+        minilm.close()
+
+
+def test_two_dimensional_input_is_refused(smol):
+    import pandas as pd
+
+    df = pd.DataFrame({"text": ["a", "b"], "id": [1, 2]})
+    for bad in (df, np.array([["a", "b"], ["c", "d"]]), {"a": 1}):
+        with pytest.raises(TypeError, match="one-dimensional"):
+            smol.count_tokens(bad)
+        with pytest.raises(TypeError, match="one-dimensional"):
+            smol.tokenize_batch(bad)
+    assert list(smol.count_tokens(df["text"])) == list(smol.count_tokens(["a", "b"]))
