@@ -10,6 +10,10 @@ cdef dict _FLASH_ATTN = {
     "on": ll.LLAMA_FLASH_ATTN_TYPE_ENABLED, True: ll.LLAMA_FLASH_ATTN_TYPE_ENABLED,
     "off": ll.LLAMA_FLASH_ATTN_TYPE_DISABLED, False: ll.LLAMA_FLASH_ATTN_TYPE_DISABLED,
 }
+# prefix_caching: what a generation may take from the KV cache of the previous one.
+cdef dict _PREFIX_CACHING = {
+    "exact": "exact", True: "exact", "any": "any", "off": "off", False: "off",
+}
 cdef dict _POOLING = {
     None: ll.LLAMA_POOLING_TYPE_UNSPECIFIED, "none": ll.LLAMA_POOLING_TYPE_NONE,
     "mean": ll.LLAMA_POOLING_TYPE_MEAN, "cls": ll.LLAMA_POOLING_TYPE_CLS,
@@ -74,12 +78,13 @@ cdef class Context:
     cdef unsigned long _owner         # thread ident of the holder
     cdef int _owner_kind              # what holds it: _HOLD_CALL or _HOLD_STREAM
     cdef volatile int _abort
-    cdef readonly bint prefix_caching
+    cdef readonly str prefix_caching  # "exact", "any" or "off"
     cdef readonly object kv_cache_type
     cdef readonly str flash_attn
     cdef readonly object last_stats
     cdef readonly int cached_tokens   # prompt tokens the last generation took from the KV cache
     cdef vector[ll.llama_token] _kv   # tokens of sequence 0 in the KV cache, in position order
+    cdef int32_t _kv_exact            # leading _kv entries computed as a fresh context would
     cdef bint _logits_ok              # the last decode left logits for its last position
     cdef readonly object last_embedding_stats
     cdef bint _embeddings
@@ -139,8 +144,12 @@ cdef class Context:
         pool = _lookup(_POOLING, pooling.lower() if isinstance(pooling, str) else pooling, "pooling")
         if not isinstance(embeddings, bool):
             raise TypeError(f"embeddings must be a bool, got {type(embeddings).__name__}")
-        if not isinstance(prefix_caching, bool):
-            raise TypeError(f"prefix_caching must be a bool, got {type(prefix_caching).__name__}")
+        if not isinstance(prefix_caching, (str, bool)):
+            raise TypeError(f"prefix_caching must be 'exact', 'any', 'off' or a bool, "
+                            f"got {type(prefix_caching).__name__}")
+        prefix_mode = _lookup(_PREFIX_CACHING, prefix_caching.lower()
+                              if isinstance(prefix_caching, str) else prefix_caching,
+                              "prefix_caching")
         if ggml.ggml_is_quantized(<ggml.ggml_type>kv) and fa == ll.LLAMA_FLASH_ATTN_TYPE_DISABLED:
             # llama.cpp refuses a quantized V cache without flash attention (returns NULL).
             raise OptionError(f"kv_cache_type={kv_cache_type!r} needs flash attention; "
@@ -185,7 +194,7 @@ cdef class Context:
 
         cdef Context self = Context.__new__(Context)
         self.model = model
-        self.prefix_caching = prefix_caching
+        self.prefix_caching = prefix_mode
         self._embeddings = embeddings
         p.abort_callback = _abort_callback
         p.abort_callback_data = <void *>&self._abort
@@ -434,9 +443,11 @@ cdef class Context:
         model, at a stop string, after ``max_tokens`` tokens, or when the context is full;
         ``ctx.last_stats`` tells which (``finish_reason``), with token counts and timings.
 
-        With ``prefix_caching`` (the default), the longest prefix of the prompt that is
+        With ``prefix_caching`` (``"exact"`` by default), the beginning of the prompt that is
         already in the KV cache from the previous call is not decoded again
-        (``ctx.cached_tokens`` tells how many tokens were reused); the output is the same.
+        (``ctx.cached_tokens`` tells how many tokens were reused). ``"exact"`` reuses only
+        whole ``n_ubatch`` batches of earlier prompts, so the output is bit for bit what a fresh
+        context gives; ``"any"`` reuses the longest common prefix, up to rounding.
 
         Parameters
         ----------
@@ -525,7 +536,7 @@ cdef class Context:
         (``model.chat_template``) in a sandboxed Jinja2 environment, or with ``template``;
         ``template_kwargs`` are extra template variables (e.g. ``{"enable_thinking": False}``).
         Sampling keywords are those of :meth:`generate`. Turns that share a long beginning
-        (a system prompt) reuse its KV cache when ``prefix_caching`` is on.
+        (a system prompt) reuse its KV cache unless ``prefix_caching`` is off.
 
         >>> reply = ctx.chat([{"role": "user", "content": "What is the capital of France?"}],
         ...                  temperature=0)                            # doctest: +SKIP
@@ -759,6 +770,7 @@ cdef class Context:
             with nogil:
                 ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
             self._kv.clear()
+            self._kv_exact = 0
             self._logits_ok = False
         finally:
             self._leave()

@@ -177,7 +177,7 @@ class Model:
         embeddings: bool = False,
         pooling: Pooling = None,
         n_parallel: int | None = None,
-        prefix_caching: bool = True,
+        prefix_caching: bool | Literal["exact", "any", "off"] = True,
     ) -> Context: ...
 
 class Context:
@@ -186,7 +186,7 @@ class Context:
     @property
     def closed(self) -> bool: ...
     @property
-    def prefix_caching(self) -> bool: ...
+    def prefix_caching(self) -> Literal["exact", "any", "off"]: ...
     @property
     def kv_cache_type(self) -> str | None: ...
     @property

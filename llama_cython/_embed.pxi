@@ -102,6 +102,7 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
     cdef bint failed = False, cancelled = False, stop_asked = False
     cdef bint has_progress = progress is not None
     self._kv.clear()           # the KV cache will hold embedding batches: no prefix to reuse
+    self._kv_exact = 0
     self._logits_ok = False
     cdef int64_t mark = _log_mark()
     if 0 < n_train < max_len:

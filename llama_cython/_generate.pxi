@@ -31,8 +31,10 @@ cdef struct _GenLoop:
     ll.llama_sampler * smpl
     volatile int * abort
     vector[ll.llama_token] * kv   # tokens of sequence 0 in the KV cache, in position order
+    int32_t * kv_exact            # leading kv entries a fresh context would compute the same way
+    int32_t n_ubatch              # llama.cpp's physical batch: the unit of exact reuse
     int32_t n_ctx                 # per-sequence capacity
-    int32_t n_batch
+    int32_t n_batch               # tokens per llama_process call: a multiple of n_ubatch
     int32_t max_tokens
     int32_t n_generated
     int finish
@@ -64,8 +66,18 @@ cdef int _poll_signals(_GenLoop * g) except -1 nogil:
         return (<GenerationStream>g.owner)._take_signal()
 
 
+cdef inline void _forget_kv(_GenLoop * g) noexcept nogil:
+    """The KV cache's content is unknown (a failed decode): the next call starts afresh."""
+    g.kv.clear()
+    g.kv_exact[0] = 0
+    g.logits_ok = False
+
+
 cdef int _decode_tokens(_GenLoop * g, const ll.llama_token * toks, int32_t n) except -1 nogil:
     """Decode ``n`` tokens after those in the KV cache, in chunks of n_batch; logits for the last.
+
+    n_batch is a multiple of n_ubatch, so llama.cpp's physical batches start at multiples of
+    n_ubatch when the first token's position is one: see ``_start_prompt``.
 
     Returns 0, or 1 with ``g.rc`` set to llama_process's code (2: aborted, also by a signal
     such as Ctrl-C between chunks). After a failure the KV cache may hold part of the batch
@@ -84,8 +96,7 @@ cdef int _decode_tokens(_GenLoop * g, const ll.llama_token * toks, int32_t n) ex
             idx = ll.llama_batch_ext_add_token(g.batch, 0, toks[i + j])
             if idx < 0:
                 g.rc = -1
-                g.kv.clear()
-                g.logits_ok = False
+                _forget_kv(g)
                 return 1
             pos = <ll.llama_pos>g.kv.size() + j
             ll.llama_batch_ext_set_pos(g.batch, idx, &pos)
@@ -93,8 +104,7 @@ cdef int _decode_tokens(_GenLoop * g, const ll.llama_token * toks, int32_t n) ex
             ll.llama_batch_ext_set_output_logits(g.batch, idx, True)
         g.rc = ll.llama_process(g.ctx, ll.LLAMA_PROCESS_TYPE_DECODE, g.batch)
         if g.rc != 0:
-            g.kv.clear()
-            g.logits_ok = False
+            _forget_kv(g)
             return 1
         g.kv.insert(g.kv.end(), toks + i, toks + i + m)
         i += m
@@ -270,11 +280,20 @@ cdef class GenerationStream:
         return 1
 
     cdef int _start_prompt(self) except -1 nogil:
-        """Reuse the cached prefix (or clear the cache), then decode the rest of the prompt."""
+        """Reuse the cached prefix (or clear the cache), then decode the rest of the prompt.
+
+        Exactness: llama.cpp's results for a token depend on the shape of the physical batch
+        it was computed in (kernels tile, and flash attention chunks, by batch size). A
+        prefix whose KV entries all came from whole n_ubatch-sized batches starting at
+        multiples of n_ubatch, decoded from such a prefix, holds what a fresh context would
+        compute for it, bit for bit; ``kv_exact`` counts those entries. Generated tokens
+        (decoded one at a time) and a prompt's last, partial batch are not part of it.
+        """
         cdef _GenLoop * g = &self.g
         cdef ll.llama_memory_t mem = ll.llama_get_memory(g.ctx)
         cdef ll.llama_pos pos_min, keep_from
-        cdef int32_t n_swa
+        cdef int32_t n_swa, exact, n_prompt = <int32_t>self.prompt.size()
+        cdef bint aligned
         self.started = True
         g.t_start_us = ll.llama_time_us()
         if self.n_reuse > 0:
@@ -291,14 +310,23 @@ cdef class GenerationStream:
                     keep_from = 0
                 if pos_min < 0 or pos_min > keep_from:
                     self.n_reuse = 0
+        exact = g.kv_exact[0]
         if self.n_reuse > 0:
             g.kv.resize(self.n_reuse)
+            if exact > self.n_reuse:
+                exact = self.n_reuse
         else:
             ll.llama_memory_clear(mem, True)
             g.kv.clear()
-        if _decode_tokens(g, self.prompt.data() + self.n_reuse,
-                          <int32_t>self.prompt.size() - self.n_reuse):
+            exact = 0
+        # The rest is decoded in batches aligned as a fresh context's would be when it starts
+        # at the end of an exact prefix at a multiple of n_ubatch.
+        aligned = exact == self.n_reuse and self.n_reuse % g.n_ubatch == 0
+        g.kv_exact[0] = exact - exact % g.n_ubatch
+        if _decode_tokens(g, self.prompt.data() + self.n_reuse, n_prompt - self.n_reuse):
             g.finish = FINISH_CANCELLED if g.rc == 2 else FINISH_ERROR
+        elif aligned:
+            g.kv_exact[0] = n_prompt - n_prompt % g.n_ubatch
         g.t_prompt_us = ll.llama_time_us()
         return 0
 
@@ -343,8 +371,7 @@ cdef class GenerationStream:
             except BaseException:
                 # A C++ exception from llama.cpp (AllocationError...): the KV cache is in an
                 # unknown state, so its record is dropped and the next call starts afresh.
-                self.g.kv.clear()
-                self.g.logits_ok = False
+                _forget_kv(&self.g)
                 self.g.finish = FINISH_ERROR
                 self._finish()
                 raise
@@ -525,7 +552,7 @@ cdef GenerationStream _start_generation(Context self, object prompt, bint add_sp
     cdef _SamplingParams sp = _sampling_params(_sampling_kwargs(sampling))
     cdef GenerationStream s = GenerationStream.__new__(GenerationStream)
     cdef int32_t[::1] toks
-    cdef int32_t n_prompt, n_ctx, n
+    cdef int32_t n_prompt, n_ctx, n, n_ubatch
     cdef size_t i, n_common
     self._enter(_HOLD_STREAM)    # busy: ContextBusyError at once, whatever the prompt
     s.released = True        # until the stream owns the context, its dealloc hands back nothing
@@ -562,12 +589,18 @@ cdef GenerationStream _start_generation(Context self, object prompt, bint add_sp
             if len(<bytes>b) > s.max_stop:
                 s.max_stop = len(<bytes>b)
         # Reuse the longest common prefix of the tokens already in the cache, but decode at
-        # least the last prompt token: its logits are what the first sample needs.
+        # least the last prompt token: its logits are what the first sample needs. "exact"
+        # reuses only what a fresh context would compute identically (see _start_prompt).
         n_common = 0
-        if self.prefix_caching:
+        n_ubatch = ll.llama_n_ubatch(self._ctx)
+        if self.prefix_caching != "off":
             n = min(<int32_t>self._kv.size(), n_prompt - 1)
+            if self.prefix_caching == "exact":
+                n = min(n, self._kv_exact)
             while n_common < <size_t>n and self._kv[n_common] == s.prompt[n_common]:
                 n_common += 1
+            if self.prefix_caching == "exact":
+                n_common -= n_common % <size_t>n_ubatch
         s.n_reuse = <int32_t>n_common
         self.cached_tokens = 0     # set for real once the prompt phase has run
         s.g.ctx = self._ctx
@@ -575,8 +608,11 @@ cdef GenerationStream _start_generation(Context self, object prompt, bint add_sp
         s.g.batch = self._batch
         s.g.abort = &self._abort
         s.g.kv = &self._kv
+        s.g.kv_exact = &self._kv_exact
+        s.g.n_ubatch = n_ubatch
         s.g.n_ctx = n_ctx
         s.g.n_batch = ll.llama_n_batch(self._ctx)
+        s.g.n_batch -= s.g.n_batch % n_ubatch
         s.g.max_tokens = max_tokens
         s.g.finish = FINISH_RUNNING
         s.g.logits_ok = self._logits_ok

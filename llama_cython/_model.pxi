@@ -799,8 +799,14 @@ cdef class Model:
         n_parallel : int, optional
             Number of sequences the context can hold at once (1 to 256). Default: 1, or for an
             ``embeddings=True`` context up to 128 (as many texts as one batch may pack).
-        prefix_caching : bool
-            Reuse the KV cache of the longest common prompt prefix between calls.
+        prefix_caching : {"exact", "any", "off"} or bool
+            What a generation may reuse of the KV cache the previous one left. ``"exact"``
+            (or True, the default): whole physical batches (``n_ubatch`` tokens) of earlier
+            prompts, so results are bit-identical to a fresh context's (a smaller ``n_ubatch``
+            reuses more finely, prompts decode a little slower). ``"any"``: the longest common
+            prefix, answers included; llama.cpp's rounding depends on batch shapes (flash
+            attention most), so greedy output may differ from a fresh context's at near ties.
+            ``"off"`` (or False): decode every prompt in full.
         """
         self._acquire()
         try:

@@ -313,10 +313,10 @@ def test_n_parallel_limits_a_prompt_to_one_sequence(smol, reference):
 # -- prefix caching ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("prefix_caching", [True, False])
-def test_prefix_caching_is_stored(smol, reference, prefix_caching):
+@pytest.mark.parametrize("prefix_caching, stored", [(True, "exact"), (False, "off"), ("any", "any")])
+def test_prefix_caching_is_stored(smol, reference, prefix_caching, stored):
     with _new(smol, prefix_caching=prefix_caching) as ctx:
-        assert ctx.prefix_caching is prefix_caching
+        assert ctx.prefix_caching == stored
         assert _greedy(ctx) == reference
         assert _greedy(ctx) == reference       # the second call gives the same text
 
@@ -332,7 +332,7 @@ def test_defaults(smol):
         assert ctx.flash_attn in ("on", "off")
         assert ctx.embeddings is False
         assert ctx.pooling == "none"
-        assert ctx.prefix_caching is True
+        assert ctx.prefix_caching == "exact"
         assert ctx.last_stats is None
         assert ctx.model is smol
         assert "n_ctx=2048" in repr(ctx)

@@ -469,6 +469,7 @@ def test_generation_stops_when_the_context_is_full(ctx, smol, usable):
         ({"n_parallel": 64, "n_batch": 32}, "n_parallel"),
         ({"kv_cache_type": "q8_0", "flash_attn": "off"}, "flash"),
         ({"kv_cache_type": "q4_0", "flash_attn": False}, "flash"),
+        ({"prefix_caching": "no"}, "prefix_caching"),
     ],
 )
 def test_bad_context_option_values(smol, usable, options, match):
@@ -489,7 +490,8 @@ def test_bad_context_option_values(smol, usable, options, match):
         ({"n_parallel": "2"}, "n_parallel"),
         ({"embeddings": "yes"}, "embeddings"),
         ({"embeddings": 1}, "embeddings"),
-        ({"prefix_caching": "no"}, "prefix_caching"),
+        ({"prefix_caching": 1}, "prefix_caching"),
+        ({"prefix_caching": None}, "prefix_caching"),
         ({"kv_cache_type": None}, "kv_cache_type"),
         ({"kv_cache_type": 16}, "kv_cache_type"),
         ({"flash_attn": 2}, "flash_attn"),

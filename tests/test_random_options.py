@@ -45,7 +45,7 @@ VALID = {
     "n_threads": [1, 2, None], "n_threads_batch": [1, 2, None],
     "kv_cache_type": ["f16", "f32", "bf16", "q8_0", "q4_0"], "flash_attn": ["auto", "on", "off", True, False],
     "pooling": [None, "none", "mean", "cls", "last"], "n_parallel": [1, 2, 3, 4],
-    "prefix_caching": [True, False],
+    "prefix_caching": [True, False, "exact", "any", "off"],
     "max_tokens": [1, 2, 4, 8], "temperature": [0, 0.5, 1.0, 2.0, 100.0], "top_k": [0, 1, 5, 40, 10**6],
     "top_p": [0.01, 0.5, 1.0], "min_p": [0, 0.05, 1.0], "typical_p": [0.01, 0.5, 1.0],
     "repetition_penalty": [0.5, 1.0, 1.3, 100.0], "repeat_last_n": [-1, 0, 1, 64, 2**31 - 1],
