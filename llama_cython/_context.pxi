@@ -144,6 +144,13 @@ cdef class Context:
         pool = _lookup(_POOLING, pooling.lower() if isinstance(pooling, str) else pooling, "pooling")
         if not isinstance(embeddings, bool):
             raise TypeError(f"embeddings must be a bool, got {type(embeddings).__name__}")
+        if embeddings and pool == ll.LLAMA_POOLING_TYPE_UNSPECIFIED:
+            # A model that states no pooling (a causal LM such as SmolLM2: llama.cpp would give
+            # one vector per token) is mean-pooled: an embeddings context gives one vector per
+            # text unless pooling="none" is asked for.
+            meta = model.metadata
+            if f"{meta.get('general.architecture', '')}.pooling_type" not in meta:
+                pool = ll.LLAMA_POOLING_TYPE_MEAN
         if not isinstance(prefix_caching, (str, bool)):
             raise TypeError(f"prefix_caching must be 'exact', 'any', 'off' or a bool, "
                             f"got {type(prefix_caching).__name__}")
@@ -587,10 +594,8 @@ cdef class Context:
         ``new_context(pooling=...)``) is written straight into its row, L2-normalised when
         ``normalize`` is true.
 
-        On a context created with ``pooling="none"`` the result is one vector per token: a
-        :class:`~llama_cython.TokenEmbeddings` (``values`` ``(T, n_embd)`` float32 and
-        ``offsets`` ``(len(texts) + 1,)``; ``result[i]`` is text i's ``(n_tokens_i, n_embd)``
-        view), each token vector normalised when ``normalize`` is true.
+        A context created with ``pooling="none"`` gives one vector per token instead: use
+        :meth:`get_token_embeddings` there (this method raises :class:`ContextError`).
 
         Parameters
         ----------
@@ -626,6 +631,23 @@ cdef class Context:
         >>> vectors.shape, float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2])  # doctest: +SKIP
         ((3, 384), True)
         """
+        return self._embed_call(texts, normalize, out, truncate, progress, batch_tokens, nulls, False)
+
+    def get_token_embeddings(self, texts, *, normalize=True, truncate=True, progress=None,
+                             batch_tokens=None, nulls="raise"):
+        """One vector per token of each text, as :class:`~llama_cython.TokenEmbeddings`.
+
+        Needs a context created with ``embeddings=True, pooling="none"``. The result holds
+        ``values`` (``(T, n_embd)`` float32, every text's token vectors end to end) and
+        ``offsets`` (``(len(texts) + 1,)``); ``result[i]`` is text i's ``(n_tokens_i, n_embd)``
+        view. Each token vector is normalised when ``normalize`` is true. The other options
+        are those of :meth:`get_embeddings_batch`.
+        """
+        return self._embed_call(texts, normalize, None, truncate, progress, batch_tokens, nulls, True)
+
+    cdef object _embed_call(self, object texts, object normalize, object out, object truncate,
+                            object progress, object batch_tokens, object nulls, bint tokens_wanted):
+        """get_embeddings_batch (one vector per text) or get_token_embeddings (per token)."""
         cdef int32_t budget
         cdef float[:, ::1] view
         self._check_embeddings()
@@ -654,6 +676,14 @@ cdef class Context:
             self._check_embeddings()
             pooling_type = ll.llama_pooling_type_of(self._ctx)
             per_token = pooling_type == ll.LLAMA_POOLING_TYPE_NONE
+            if per_token and not tokens_wanted:
+                raise ContextError("this context gives one vector per token (pooling 'none'): "
+                                   "use ctx.get_token_embeddings(texts), or create the context "
+                                   "with a pooling ('mean', 'cls', 'last') for one per text")
+            if tokens_wanted and not per_token:
+                raise ContextError(f"this context pools one vector per text (pooling "
+                                   f"{self.pooling!r}); create it with pooling='none' for one "
+                                   "vector per token")
             rank = pooling_type == ll.LLAMA_POOLING_TYPE_RANK
             # rank pooling: llama.cpp keeps n_cls_out scores per sequence, not a vector
             d = (ll.llama_model_n_cls_out(self.model._model) if rank
@@ -664,9 +694,6 @@ cdef class Context:
             else:
                 _check_int(batch_tokens, "batch_tokens", 1, n_ubatch)
                 budget = batch_tokens
-            if per_token and out is not None:
-                raise ValueError("out= is for one vector per text; this context's pooling is 'none' "
-                                 "(one vector per token, returned as TokenEmbeddings)")
             if out is None:
                 result = np.empty((0 if per_token else n, d), dtype=np.float32)
             else:
@@ -697,24 +724,10 @@ cdef class Context:
             return TokenEmbeddings(values, offsets)
         return result
 
-    def get_token_embeddings(self, texts, *, normalize=True, truncate=True, progress=None,
-                             batch_tokens=None, nulls="raise"):
-        """One vector per token of each text, as :class:`~llama_cython.TokenEmbeddings`.
-
-        Needs a context created with ``embeddings=True, pooling="none"``; otherwise the same
-        as :meth:`get_embeddings_batch` (which returns the same thing on such a context).
-        """
-        self._check_embeddings()
-        if ll.llama_pooling_type_of(self._ctx) != ll.LLAMA_POOLING_TYPE_NONE:
-            raise ContextError(f"this context pools one vector per text (pooling {self.pooling!r}); "
-                               "create it with pooling='none' for one vector per token")
-        return self.get_embeddings_batch(texts, normalize=normalize, truncate=truncate,
-                                         progress=progress, batch_tokens=batch_tokens, nulls=nulls)
-
     def get_embeddings(self, text, *, normalize=True, truncate=True):
         """The embedding of one text: a float32 array of shape ``(n_embd,)``.
 
-        On a context whose pooling is ``'none'``: one vector per token, ``(n_tokens, n_embd)``.
+        On a context whose pooling is ``'none'`` use ``ctx.get_token_embeddings([text])[0]``.
         """
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
@@ -731,6 +744,9 @@ cdef class Context:
         ...     sink.write(block)
         """
         self._check_embeddings()
+        if ll.llama_pooling_type_of(self._ctx) == ll.LLAMA_POOLING_TYPE_NONE:
+            raise ContextError("this context gives one vector per token (pooling 'none'); "
+                               "iter_embeddings yields one vector per text")
         _check_int(chunk_size, "chunk_size", 1, INT32_MAX)
         _check_nulls(nulls)
         if isinstance(texts, (str, bytes)):

@@ -263,9 +263,11 @@ def test_pooling(smol, pooling):
 
 
 def test_pooling_default_is_the_models(smol):
-    # SmolLM2 is a causal LM: its GGUF sets no pooling, so None resolves to "none".
+    # SmolLM2 is a causal LM: its GGUF sets no pooling, so an embeddings context mean-pools
+    # (one vector per text); a generation context has no pooling.
     with _new(smol, embeddings=True) as ctx:
-        assert ctx.pooling == "none"
+        assert ctx.pooling == "mean"
+        assert ctx.get_embeddings_batch(["one text", "another"]).shape == (2, smol.n_embd_out)
     with _new(smol) as ctx:
         assert ctx.pooling == "none"
 

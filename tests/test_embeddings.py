@@ -293,21 +293,24 @@ def test_pooling_none_gives_token_embeddings(request, name, minilm):
     lengths = [len(model.tokenize(t)) for t in texts]
     d = model.n_embd_out
     with model.new_context(embeddings=True, pooling="none", n_ctx=512) as c:
-        emb = c.get_embeddings_batch(texts, normalize=False)
+        emb = c.get_token_embeddings(texts, normalize=False)
         assert isinstance(emb, llama.TokenEmbeddings) and len(emb) == len(texts)
         assert emb.values.dtype == np.float32 and emb.values.shape == (sum(lengths), d)
         assert emb.lengths.tolist() == lengths and emb.offsets[0] == 0
         assert np.shares_memory(emb[2], emb.values)
         for i, text in enumerate(texts):
-            alone = c.get_embeddings(text, normalize=False)
+            alone = c.get_token_embeddings([text], normalize=False)[0]
             assert alone.shape == (lengths[i], d)
             np.testing.assert_allclose(alone, emb[i], atol=1e-3, rtol=1e-3)
         unit = c.get_token_embeddings(texts)
         norms = np.linalg.norm(unit.values, axis=1)
         assert np.allclose(norms[norms > 0], 1.0, atol=1e-5)
-        with pytest.raises(ValueError, match="out="):
-            c.get_embeddings_batch(texts, out=np.empty((len(texts), d), np.float32))
-        empty = c.get_embeddings_batch([])
+        # one return type per method: the pooled calls refuse a per-token context
+        for call in (lambda: c.get_embeddings_batch(texts), lambda: c.get_embeddings("x"),
+                     lambda: c.iter_embeddings(texts)):
+            with pytest.raises(ContextError, match="get_token_embeddings|one vector per text"):
+                call()
+        empty = c.get_token_embeddings([])
         assert len(empty) == 0 and empty.values.shape == (0, d)
         assert c.last_embedding_stats.tokens == sum(lengths)
     if name == "minilm":
