@@ -714,31 +714,6 @@ cdef class Model:
         self._check_open()
         return Vocab(self)
 
-    def _vocab_info(self):
-        self._acquire()
-        try:
-            return _vocab_info(self)
-        finally:
-            self._release()
-
-    def _vocab_table(self):
-        """(texts bytes, text offsets, scores, attrs) of the whole vocabulary, built once."""
-        self._acquire()
-        try:
-            if self._vocab_arrays is None:
-                self._vocab_arrays = _vocab_table(self)
-            return self._vocab_arrays
-        finally:
-            self._release()
-
-    def _pieces_of_all(self):
-        """(pieces bytes, offsets): every token's piece (special=True), in id order."""
-        self._acquire()
-        try:
-            return _all_pieces(self)
-        finally:
-            self._release()
-
     def is_eog(self, token):
         """True if ``token`` ends generation (EOS, EOT...)."""
         cdef int32_t tok
@@ -746,22 +721,6 @@ cdef class Model:
         try:
             tok = _check_token(self, token)
             return ll.llama_vocab_is_eog(self._vocab, tok)
-        finally:
-            self._release()
-
-    def _chat_specials(self):
-        """(bos text or None, eos text or None, add_bos): what a chat template is given."""
-        cdef ll.llama_token bos, eos
-        self._acquire()
-        try:
-            _check_vocab(self)
-            bos = ll.llama_vocab_bos(self._vocab)
-            eos = ll.llama_vocab_eos(self._vocab)
-            bos_text = (_token_to_piece(self, bos, True).decode("utf-8", "replace")
-                        if 0 <= bos < self._n_vocab else None)
-            eos_text = (_token_to_piece(self, eos, True).decode("utf-8", "replace")
-                        if 0 <= eos < self._n_vocab else None)
-            return bos_text, eos_text, bool(ll.llama_vocab_get_add_bos(self._vocab))
         finally:
             self._release()
 

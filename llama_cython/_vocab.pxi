@@ -74,3 +74,54 @@ cdef tuple _vocab_table(Model m):
             sv[i] = ll.llama_vocab_get_score(m._vocab, i)
             av[i] = ll.llama_vocab_get_attr(m._vocab, i)
     return PyBytes_FromStringAndSize(flat.data(), flat.size()), text_offsets, scores, attrs
+
+
+# -- the core's interface for llama_cython.vocab and llama_cython.chat ----------------------------
+# Module functions rather than private Model methods: the Python layer above the core calls
+# these (and Model's public API) only. Each holds the model for its whole run, like every
+# entry point of Model.
+
+def vocab_info(Model model):
+    """Type, size, special ids and add_* flags of ``model``'s vocabulary, as a dict."""
+    model._acquire()
+    try:
+        return _vocab_info(model)
+    finally:
+        model._release()
+
+
+def vocab_table(Model model):
+    """(texts bytes, text offsets, scores, attrs) of the whole vocabulary, built once per model."""
+    model._acquire()
+    try:
+        if model._vocab_arrays is None:
+            model._vocab_arrays = _vocab_table(model)
+        return model._vocab_arrays
+    finally:
+        model._release()
+
+
+def vocab_pieces(Model model):
+    """(pieces bytes, offsets): every token's piece (special=True), in id order."""
+    model._acquire()
+    try:
+        return _all_pieces(model)
+    finally:
+        model._release()
+
+
+def chat_specials(Model model):
+    """(bos text or None, eos text or None, add_bos): what a chat template is given."""
+    cdef ll.llama_token bos, eos
+    model._acquire()
+    try:
+        _check_vocab(model)
+        bos = ll.llama_vocab_bos(model._vocab)
+        eos = ll.llama_vocab_eos(model._vocab)
+        bos_text = (_token_to_piece(model, bos, True).decode("utf-8", "replace")
+                    if 0 <= bos < model._n_vocab else None)
+        eos_text = (_token_to_piece(model, eos, True).decode("utf-8", "replace")
+                    if 0 <= eos < model._n_vocab else None)
+        return bos_text, eos_text, bool(ll.llama_vocab_get_add_bos(model._vocab))
+    finally:
+        model._release()

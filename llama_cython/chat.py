@@ -383,7 +383,9 @@ def render_model_chat(
             if key in ("messages", "add_generation_prompt", "bos_token", "eos_token"):
                 raise ValueError(f"template_kwargs cannot set {key!r}; it is set from the call")
         extra.update(template_kwargs)
-    bos, eos, add_bos = model._chat_specials()
+    from llama_cython._core import chat_specials
+
+    bos, eos, add_bos = chat_specials(model)
     text = render_chat_template(template, messages, add_generation_prompt=add_generation_prompt,
                                 bos_token=bos or "", eos_token=eos or "", **extra)
     return text, add_bos and not (bos and text.startswith(bos))

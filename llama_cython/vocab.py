@@ -15,6 +15,13 @@ import numpy as np
 
 from llama_cython._optional import require
 
+
+def _core() -> Any:
+    """The compiled core, which imports this module while it loads (so not at import time)."""
+    import llama_cython._core as core
+
+    return core
+
 if TYPE_CHECKING:
     import numpy.typing as npt
 
@@ -79,7 +86,7 @@ class Vocab:
 
     def __init__(self, model: Any) -> None:
         self._model = model
-        self._info: dict[str, Any] = model._vocab_info()
+        self._info: dict[str, Any] = _core().vocab_info(model)
         self._tokens: npt.NDArray[np.object_] | None = None
         self._pieces: npt.NDArray[np.object_] | None = None
         self._ids: dict[str, int] | None = None
@@ -149,7 +156,7 @@ class Vocab:
     def tokens(self) -> npt.NDArray[np.object_]:
         """Every token's stored string (``str``), by id."""
         if self._tokens is None:
-            flat, offsets, _, _ = self._model._vocab_table()
+            flat, offsets, _, _ = _core().vocab_table(self._model)
             self._tokens = _split(flat, offsets, decode=True)
         return self._tokens
 
@@ -157,19 +164,19 @@ class Vocab:
     def pieces(self) -> npt.NDArray[np.object_]:
         """Every token's piece (``bytes``: what it stands for in text), by id."""
         if self._pieces is None:
-            flat, offsets = self._model._pieces_of_all()
+            flat, offsets = _core().vocab_pieces(self._model)
             self._pieces = _split(flat, offsets, decode=False)
         return self._pieces
 
     @property
     def scores(self) -> npt.NDArray[np.float32]:
         """Every token's score (``float32``; SPM/UGM log-probabilities, BPE merge ranks)."""
-        return np.asarray(self._model._vocab_table()[2])
+        return np.asarray(_core().vocab_table(self._model)[2])
 
     @property
     def attrs(self) -> npt.NDArray[np.uint32]:
         """Every token's attribute bits (``uint32``; see :class:`TokenAttr`)."""
-        return np.asarray(self._model._vocab_table()[3])
+        return np.asarray(_core().vocab_table(self._model)[3])
 
     # -- lookups ----------------------------------------------------------------------------
 
