@@ -5,15 +5,15 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal, TypeAlias, TypedDict, overload
+from typing import Any, Literal, TypeAlias, TypedDict, final, overload, type_check_only
 
 import numpy as np
 import numpy.typing as npt
 
 if sys.version_info >= (3, 11):
-    from typing import Self, Unpack
+    from typing import Never, Self, Unpack
 else:   # a stub only: type checkers read it, nothing imports it at run time
-    from typing_extensions import Self, Unpack
+    from typing_extensions import Never, Self, Unpack
 
 from llama_cython.chat import ChatMessage
 from llama_cython.encoding import Encoding
@@ -25,9 +25,9 @@ from llama_cython.vocab import Vocab
 
 _Path: TypeAlias = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 _Tokens: TypeAlias = Sequence[int] | npt.NDArray[np.integer]
-KVCacheType: TypeAlias = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"]
-FlashAttn: TypeAlias = Literal["auto", "on", "off"] | bool | None
-Pooling: TypeAlias = Literal["none", "mean", "cls", "last", "rank"] | None
+_KVCacheType: TypeAlias = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"]
+_FlashAttn: TypeAlias = Literal["auto", "on", "off"] | bool | None
+_Pooling: TypeAlias = Literal["none", "mean", "cls", "last", "rank"] | None
 _Stop: TypeAlias = str | Sequence[str] | None
 _Messages: TypeAlias = Sequence[ChatMessage | Mapping[str, Any]]
 _Callback: TypeAlias = Callable[[str], bool | None]
@@ -35,10 +35,13 @@ _ArrowStrings: TypeAlias = Any  # a pyarrow string/large_string Array or Chunked
 _Texts: TypeAlias = Sequence[str | bytes] | Iterable[str | bytes] | _ArrowStrings
 _Errors: TypeAlias = Literal["strict", "replace"]
 _Nulls: TypeAlias = Literal["raise", "empty", "skip"]
+# The aliases above exist only in this stub, not in the compiled module, so they are private
+# (tests/test_typing.py checks every public name here against the module with stubtest).
 
+# The keyword arguments **sampling of generate() and chat(); a name for type checkers only
+# (import it under `if TYPE_CHECKING:`), hence @type_check_only.
+@type_check_only
 class SamplingOptions(TypedDict, total=False):
-
-
     temperature: float
     top_k: int
     top_p: float
@@ -68,7 +71,11 @@ def load_model(
     progress: Callable[[float], bool | None] | None = None,
 ) -> Model: ...
 
+@final
 class Model:
+    # The compiled class cannot be subclassed (@cython.final), and __init__ only raises
+    # TypeError: use load_model(path).
+    def __init__(self, *args: Never, **kwargs: Never) -> None: ...
     @property
     def path(self) -> str: ...
     @property
@@ -163,7 +170,6 @@ class Model:
     ) -> Encoding: ...
     @property
     def vocab(self) -> Vocab: ...
-    def _chat_specials(self) -> tuple[str | None, str | None, bool]: ...
     def new_context(
         self,
         *,
@@ -172,15 +178,19 @@ class Model:
         n_ubatch: int | None = None,
         n_threads: int | None = None,
         n_threads_batch: int | None = None,
-        kv_cache_type: KVCacheType = "f16",
-        flash_attn: FlashAttn = "auto",
+        kv_cache_type: _KVCacheType = "f16",
+        flash_attn: _FlashAttn = "auto",
         embeddings: bool = False,
-        pooling: Pooling = None,
+        pooling: _Pooling = None,
         n_parallel: int | None = None,
         prefix_caching: bool | Literal["exact", "any", "off"] = True,
     ) -> Context: ...
 
+@final
 class Context:
+    # The compiled class cannot be subclassed (@cython.final), and __init__ only raises
+    # TypeError: use Model.new_context().
+    def __init__(self, *args: Never, **kwargs: Never) -> None: ...
     @property
     def model(self) -> Model: ...
     @property
@@ -294,7 +304,11 @@ class Context:
     def clear_cache(self) -> None: ...
     def cancel(self) -> None: ...
 
+@final
 class GenerationStream:
+    # The compiled class cannot be subclassed (@cython.final), and __init__ only raises
+    # TypeError: use Context.generate_stream() or chat_stream().
+    def __init__(self, *args: Never, **kwargs: Never) -> None: ...
     def __iter__(self) -> Self: ...
     def __next__(self) -> str: ...
     def next_piece(self) -> str | None: ...
@@ -315,3 +329,11 @@ class GenerationStream:
     def text(self) -> str: ...
     @property
     def stats(self) -> GenerationStats | None: ...
+
+# The core's interface for llama_cython.vocab and llama_cython.chat (not exported by the package).
+def vocab_info(model: Model) -> dict[str, Any]: ...
+def vocab_table(
+    model: Model,
+) -> tuple[bytes, npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.uint32]]: ...
+def vocab_pieces(model: Model) -> tuple[bytes, npt.NDArray[np.int64]]: ...
+def chat_specials(model: Model) -> tuple[str | None, str | None, bool]: ...

@@ -111,24 +111,76 @@ class Vocab:
         value = self._info.get(name)
         return None if value is None else int(value)
 
-    bos = property(lambda self: self._special("bos"), doc="Beginning-of-sequence id, or None.")
-    eos = property(lambda self: self._special("eos"), doc="End-of-sequence id, or None.")
-    unk = property(lambda self: self._special("unk"), doc="Unknown-token id, or None.")
-    eot = property(lambda self: self._special("eot"), doc="End-of-turn id, or None.")
-    sep = property(lambda self: self._special("sep"), doc="Separator id (BERT's [SEP]), or None.")
-    nl = property(lambda self: self._special("nl"), doc="Newline id, or None.")
-    pad = property(lambda self: self._special("pad"), doc="Padding id, or None.")
-    mask = property(lambda self: self._special("mask"), doc="Mask id (BERT's [MASK]), or None.")
-    fim_pre = property(lambda self: self._special("fim_pre"), doc="Fill-in-the-middle prefix id, or None.")
-    fim_suf = property(lambda self: self._special("fim_suf"), doc="Fill-in-the-middle suffix id, or None.")
-    fim_mid = property(lambda self: self._special("fim_mid"), doc="Fill-in-the-middle middle id, or None.")
-    fim_pad = property(lambda self: self._special("fim_pad"), doc="Fill-in-the-middle padding id, or None.")
-    fim_rep = property(
-        lambda self: self._special("fim_rep"), doc="Fill-in-the-middle repository id, or None."
-    )
-    fim_sep = property(
-        lambda self: self._special("fim_sep"), doc="Fill-in-the-middle file separator id, or None."
-    )
+    @property
+    def bos(self) -> int | None:
+        """Beginning-of-sequence id, or None."""
+        return self._special("bos")
+
+    @property
+    def eos(self) -> int | None:
+        """End-of-sequence id, or None."""
+        return self._special("eos")
+
+    @property
+    def unk(self) -> int | None:
+        """Unknown-token id, or None."""
+        return self._special("unk")
+
+    @property
+    def eot(self) -> int | None:
+        """End-of-turn id, or None."""
+        return self._special("eot")
+
+    @property
+    def sep(self) -> int | None:
+        """Separator id (BERT's [SEP]), or None."""
+        return self._special("sep")
+
+    @property
+    def nl(self) -> int | None:
+        """Newline id, or None."""
+        return self._special("nl")
+
+    @property
+    def pad(self) -> int | None:
+        """Padding id, or None."""
+        return self._special("pad")
+
+    @property
+    def mask(self) -> int | None:
+        """Mask id (BERT's [MASK]), or None."""
+        return self._special("mask")
+
+    @property
+    def fim_pre(self) -> int | None:
+        """Fill-in-the-middle prefix id, or None."""
+        return self._special("fim_pre")
+
+    @property
+    def fim_suf(self) -> int | None:
+        """Fill-in-the-middle suffix id, or None."""
+        return self._special("fim_suf")
+
+    @property
+    def fim_mid(self) -> int | None:
+        """Fill-in-the-middle middle id, or None."""
+        return self._special("fim_mid")
+
+    @property
+    def fim_pad(self) -> int | None:
+        """Fill-in-the-middle padding id, or None."""
+        return self._special("fim_pad")
+
+    @property
+    def fim_rep(self) -> int | None:
+        """Fill-in-the-middle repository id, or None."""
+        return self._special("fim_rep")
+
+    @property
+    def fim_sep(self) -> int | None:
+        """Fill-in-the-middle file separator id, or None."""
+        return self._special("fim_sep")
+
 
     @property
     def add_bos(self) -> bool:

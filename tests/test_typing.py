@@ -1,4 +1,5 @@
-"""The public API is typed: mypy --strict accepts the package's Python and a usage example."""
+"""The public API is typed: mypy --strict accepts the package's Python and a usage example, and
+stubtest finds the stubs of the compiled modules true to them."""
 
 from __future__ import annotations
 
@@ -30,3 +31,18 @@ def test_mypy_strict() -> None:
 def test_stub_and_marker_are_shipped() -> None:
     assert (ROOT / "llama_cython" / "py.typed").is_file()
     assert (ROOT / "llama_cython" / "_core.pyi").is_file()
+
+
+def test_stubs_match_compiled_modules() -> None:
+    """_core and _cpuid have the names, parameters, properties and final classes the stubs say.
+
+    (stubtest cannot see return types: the compiled functions carry no annotations.)
+
+    Only what Cython adds to every module is allowed to differ (tests/stubtest_allowlist.txt,
+    each entry with its reason); an entry no longer needed fails the test too.
+    """
+    pytest.importorskip("mypy.stubtest", reason="mypy is not installed (requirements-dev.txt)")
+    cmd = [sys.executable, "-m", "mypy.stubtest", "llama_cython._core", "llama_cython._cpuid",
+           "--allowlist", str(ROOT / "tests" / "stubtest_allowlist.txt")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
