@@ -23,13 +23,15 @@ Three contexts on the same model, ``n_ctx`` 4096, ``--threads`` threads (2 by de
    the rest of the answer is then read out, so that it can be compared.
 
 The contexts are measured round by round, strictly one call at a time (the bench machines
-have two cores), the order rotating to cancel drift; each figure is the median of ``--repeats`` rounds, after one warm-up round. The machines
+have two cores), the order rotating to cancel drift; each figure is the median of ``--repeats``
+rounds, after one warm-up round. The machines
 are shared: a round during which other processes took a noticeable share of the CPUs (from
 /proc/stat, less this process's own CPU time) is thrown away and run again once the CPUs are
 idle (the same probe as ``bench_generate.py``).
 
 Checked: the second turn's greedy answer (its tokens and text) is the same with "exact" reuse
-and without the cache, in every round (the exit code is 1 otherwise); for "any" it is reported; ``ctx.cached_tokens`` of the cached second turn is printed (the
+and without the cache, in every round (the exit code is 1 otherwise); for "any" it is reported;
+``ctx.cached_tokens`` of the cached second turn is printed (the
 system prompt and the chat template's text up to the user's question).
 
 If ``ctx.chat_stream`` is not usable (``llama_cython.chat`` missing), the prompt is rendered

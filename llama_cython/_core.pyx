@@ -19,6 +19,20 @@ This file is the table of contents; each part is one ``.pxi`` with one responsib
 ``_embed.pxi``        batch embeddings: tokenize, pack, decode, pool into (N, D) arrays
 ====================  =========================================================
 
+C++ headers beside them, for what must run without the GIL or catch C++ exceptions:
+``_errors.h`` (C++ exceptions to Python errors), ``_log.h`` (the log buffer), ``_native.h``
+(counting long native calls, stopped at exit), ``_tokenize.h`` (tokenization on a stack big
+enough for std::regex), ``_progress.h`` and ``_token_batch.h`` (threaded tokenizing).
+
+Layers. Below the core: llama.cpp and ggml (``includes/*.pxd`` declare their headers), and
+pure-Python modules the core builds its results from, which never import it at import time:
+``errors``, ``stats``, ``encoding``, ``token_batch``, ``token_embeddings``, ``vocab``,
+``_optional``, ``_cpus``. Above it: ``chat`` (templates; calls ``chat_specials``),
+``vocab.Vocab`` (calls ``vocab_info``, ``vocab_table``, ``vocab_pieces``), ``streaming``,
+``system`` and the package's ``__init__``, which loads the core through ``_loader`` (one CPU
+variant per process). The layers above use the core's public names and these module
+functions only, never private attributes of ``Model`` or ``Context``.
+
 Users import :mod:`llama_cython`, not this module.
 """
 

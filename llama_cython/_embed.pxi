@@ -194,7 +194,7 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
                     else:
                         src = ll.llama_get_embeddings_seq(ctx, j)
                     if src == NULL:
-                        rc = -3
+                        rc = _EMBED_NO_OUTPUT
                         failed = True
                         break
                     if not per_token:
@@ -211,10 +211,7 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
                 stop_asked = True
                 break
     if failed:
-        if rc == -3:
-            raise ContextError("llama.cpp returned no embedding for a text; the context's pooling "
-                               f"is {self.pooling!r}")
-        raise _decode_error(rc, "get_embeddings_batch", self.n_ctx, mark)
+        raise _embed_error(rc, self.pooling, self.n_ctx, mark)
     if cancelled or stop_asked:
         raise _decode_error(2, "get_embeddings_batch", self.n_ctx, mark)
     return offs[n], n_truncated, n_batches, values, offsets

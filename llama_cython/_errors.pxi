@@ -24,6 +24,52 @@ cdef object _decode_error(int32_t code, str call, uint32_t n_ctx, int64_t mark):
     return DecodeError(f"{call}: llama.cpp failed to decode (code {code}){tail}", code)
 
 
+# Tokenizer statuses. llama_tokenize returns the count, -count when the buffer is too small,
+# INT32_MIN when the count overflows int32; _token_batch.h reports a text's failure as a kind.
+cdef int _TOKENIZE_OVERFLOW = 1, _TOKENIZE_NO_MEMORY = 2, _TOKENIZE_CPP = 3, _TOKENIZE_FAILED = 4
+cdef int _TOKENIZE_EXITING = 5
+
+
+cdef object _tokenize_error(int kind, str where, str detail):
+    """The exception for a text that llama.cpp could not tokenize; ``where`` names it."""
+    if kind == _TOKENIZE_OVERFLOW:
+        return TokenizeError(f"{where} produces more tokens than llama.cpp can count (2**31)")
+    if kind == _TOKENIZE_NO_MEMORY:
+        return AllocationError(f"out of memory while tokenizing {where}")
+    if kind == _TOKENIZE_EXITING:
+        return ClosedError("the interpreter is shutting down; the batch was stopped")
+    return TokenizeError(f"llama.cpp could not tokenize {where}: {detail}")
+
+
+cdef object _tokenize_status_error(int32_t n):
+    """The exception for a final negative llama_tokenize return (after the resize)."""
+    if n == INT32_MIN:
+        return _tokenize_error(_TOKENIZE_OVERFLOW, "the text", "")
+    return _tokenize_error(_TOKENIZE_FAILED, "the text", f"llama_tokenize returned {n}")
+
+
+cdef object _detokenize_error(int32_t got):
+    """The exception for a negative llama_detokenize return after the buffer was resized."""
+    return TokenizeError(f"llama_detokenize failed ({got})")
+
+
+cdef object _piece_error(int32_t tok):
+    """The exception for a negative llama_token_to_piece return after the buffer was resized."""
+    return TokenizeError(f"llama_token_to_piece failed for token {tok}")
+
+
+# The embedding loop's own status, beside llama_process's codes.
+cdef int32_t _EMBED_NO_OUTPUT = -3     # llama_get_embeddings_seq/ith gave NULL
+
+
+cdef object _embed_error(int32_t code, str pooling, uint32_t n_ctx, int64_t mark):
+    """The exception for a failed embedding batch."""
+    if code == _EMBED_NO_OUTPUT:
+        return ContextError("llama.cpp returned no embedding for a text; the context's pooling "
+                            f"is {pooling!r}")
+    return _decode_error(code, "get_embeddings_batch", n_ctx, mark)
+
+
 cdef object _creation_error(str call, int64_t mark, str fallback):
     """The exception for a NULL returned by a constructor (model or context)."""
     tail = _log_since(mark)

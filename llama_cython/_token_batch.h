@@ -69,7 +69,7 @@ struct TokenizeBatchJob {
     // the first failure, by text index
     std::mutex error_lock;
     int64_t error_index = -1;
-    int error_kind = 0;                     // 1: overflow (> 2**31 tokens), 2: out of memory, 3: C++ exception, 4: llama_tokenize < 0, 5: interpreter exit
+    int error_kind = 0;                     // 1: overflow (> 2**31 tokens), 2: out of memory, 3: C++ exception, 4: llama_tokenize < 0, 5: interpreter exit (_errors.pxi maps them)
     std::string error_message;
     std::atomic<bool> failed{false};
     std::atomic<int64_t> next_block{0};

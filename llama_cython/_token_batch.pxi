@@ -69,15 +69,8 @@ cdef object _run_tokenize_batch(Model m, object texts, bint add_special, bint pa
         with nogil:
             job.run(threads)
         if job.error_index >= 0:
-            i = job.error_index
-            if job.error_kind == 1:
-                raise TokenizeError(f"texts[{i}] produces more tokens than llama.cpp can count (2**31)")
-            if job.error_kind == 2:
-                raise AllocationError(f"out of memory while tokenizing texts[{i}]")
-            if job.error_kind == 5:
-                raise ClosedError("the interpreter is shutting down; the batch was stopped")
-            msg = job.error_message.decode("utf-8", "replace")
-            raise TokenizeError(f"llama.cpp could not tokenize texts[{i}]: {msg}")
+            raise _tokenize_error(job.error_kind, f"texts[{job.error_index}]",
+                                  job.error_message.decode("utf-8", "replace"))
         if not keep_ids:
             return counts, None
         ids = np.empty(int(counts.sum()), dtype=np.int32)
@@ -151,7 +144,7 @@ cdef list _detokenize_batch(Model m, object sequences, bint remove_special, bint
                 at += got
             ends[i] = at
     if got < 0:
-        raise TokenizeError(f"llama_detokenize failed ({got})")
+        raise _detokenize_error(got)
     cdef list out = [None] * n
     cdef const char * base = text.data()
     at = 0

@@ -63,11 +63,9 @@ cdef object _tokenize(Model m, bytes data, bint add_special, bint parse_special)
     except AllocationError:
         raise
     except LlamaError as exc:   # std::out_of_range... from a broken vocabulary
-        raise TokenizeError(f"llama.cpp could not tokenize the text: {exc}") from None
-    if n == INT32_MIN:
-        raise TokenizeError("the text produces more tokens than llama.cpp can count (2**31)")
+        raise _tokenize_error(_TOKENIZE_CPP, "the text", str(exc)) from None
     if n < 0:
-        raise TokenizeError(f"llama_tokenize failed ({n})")
+        raise _tokenize_status_error(n)
     out = None
     if n != arr.shape[0]:
         arr.resize(n, refcheck=False)   # shrinks in place (realloc), no copy of the ids
@@ -149,7 +147,7 @@ cdef str _detokenize(Model m, object tokens, bint remove_special, bint unparse_s
             got = ll.llama_detokenize(m._vocab, &ids[0], <int32_t>n, &buf[0], <int32_t>buf.size(),
                                       remove_special, unparse_special)
     if got < 0:
-        raise TokenizeError(f"llama_detokenize failed ({got})")
+        raise _detokenize_error(got)
     return PyUnicode_DecodeUTF8(buf.data(), got, "replace")
 
 
@@ -163,5 +161,5 @@ cdef bytes _token_to_piece(Model m, object token, bint special):
     big.resize(-n)
     n = ll.llama_token_to_piece(m._vocab, tok, &big[0], <int32_t>big.size(), 0, special)
     if n < 0:
-        raise TokenizeError(f"llama_token_to_piece failed for token {tok}")
+        raise _piece_error(tok)
     return PyBytes_FromStringAndSize(big.data(), n)

@@ -308,7 +308,7 @@ def test_pooling_none_gives_token_embeddings(request, name, minilm):
         # one return type per method: the pooled calls refuse a per-token context
         for call in (lambda: c.get_embeddings_batch(texts), lambda: c.get_embeddings("x"),
                      lambda: c.iter_embeddings(texts)):
-            with pytest.raises(ContextError, match="get_token_embeddings|one vector per text"):
+            with pytest.raises(ContextError, match=r"get_token_embeddings|one vector per text"):
                 call()
         empty = c.get_token_embeddings([])
         assert len(empty) == 0 and empty.values.shape == (0, d)
