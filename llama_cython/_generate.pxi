@@ -115,20 +115,6 @@ cdef int _decode_tokens(_GenLoop * g, const ll.llama_token * toks, int32_t n) ex
     return 0
 
 
-cdef int _append_piece(const ll.llama_vocab * vocab, ll.llama_token tok, string * out) except -1 nogil:
-    cdef char small[256]
-    cdef int32_t n = ll.llama_token_to_piece(vocab, tok, small, sizeof(small), 0, False)
-    cdef string big
-    if n >= 0:
-        out.append(small, n)
-        return 0
-    big.resize(-n)
-    n = ll.llama_token_to_piece(vocab, tok, &big[0], <int32_t>big.size(), 0, False)
-    if n > 0:
-        out.append(big.data(), n)
-    return 0
-
-
 cdef size_t _utf8_complete_end(const string * text, size_t start, size_t end) noexcept nogil:
     """``end``, moved back before a UTF-8 character that is not complete yet."""
     cdef size_t j = end
@@ -265,7 +251,7 @@ cdef class GenerationStream:
         self.out_tokens.push_back(tok)
         g.n_generated += 1
         before = self.text.size()
-        _append_piece(g.vocab, tok, &self.text)
+        _append_piece(g.vocab, tok, &self.text, False)   # a failed piece adds no text
         if self.stops.size():
             cut = self._find_stop(before)
             if cut != <size_t>-1:

@@ -159,19 +159,12 @@ cdef tuple _pieces(Model m, const int32_t * ids, Py_ssize_t n, bint special):
     offsets = np.empty(n + 1, dtype=np.int64)
     cdef int64_t[::1] ov = offsets
     cdef string flat
-    cdef char small[256]
-    cdef int32_t k
     cdef Py_ssize_t i
     ov[0] = 0
     with nogil:
         flat.reserve(n * 6)
         for i in range(n):
-            k = ll.llama_token_to_piece(m._vocab, ids[i], small, sizeof(small), 0, special)
-            if k >= 0:
-                flat.append(small, k)
-            else:
-                flat.resize(flat.size() - k)
-                k = ll.llama_token_to_piece(m._vocab, ids[i], &flat[flat.size() + k], -k, 0, special)
+            _append_piece(m._vocab, ids[i], &flat, special)   # a failed piece is empty
             ov[i + 1] = flat.size()
     return PyBytes_FromStringAndSize(flat.data(), flat.size()), offsets
 

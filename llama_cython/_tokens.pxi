@@ -151,15 +151,30 @@ cdef str _detokenize(Model m, object tokens, bint remove_special, bint unparse_s
     return PyUnicode_DecodeUTF8(buf.data(), got, "replace")
 
 
+cdef int _append_piece(const ll.llama_vocab * vocab, ll.llama_token tok, string * out,
+                       bint special) except -1 nogil:
+    """Append ``tok``'s piece to ``out`` (the one token-to-piece of the core: a stack buffer,
+    then the exact size llama.cpp asked for). 0, or 1 if llama.cpp failed (``out`` unchanged);
+    C++ exceptions propagate."""
+    cdef char small[256]
+    cdef int32_t n = ll.llama_token_to_piece(vocab, tok, small, sizeof(small), 0, special)
+    cdef size_t old = out.size()
+    if n >= 0:
+        out.append(small, n)
+        return 0
+    out.resize(old - n)
+    n = ll.llama_token_to_piece(vocab, tok, <char *>out.data() + old, <int32_t>(out.size() - old),
+                                0, special)
+    out.resize(old + n if n >= 0 else old)
+    return 0 if n >= 0 else 1
+
+
 cdef bytes _token_to_piece(Model m, object token, bint special):
     cdef int32_t tok = _check_token(m, token)
-    cdef char small[128]
-    cdef int32_t n = ll.llama_token_to_piece(m._vocab, tok, small, sizeof(small), 0, special)
-    if n >= 0:
-        return PyBytes_FromStringAndSize(small, n)
-    cdef string big
-    big.resize(-n)
-    n = ll.llama_token_to_piece(m._vocab, tok, &big[0], <int32_t>big.size(), 0, special)
-    if n < 0:
+    cdef string piece
+    cdef int failed
+    with nogil:
+        failed = _append_piece(m._vocab, tok, &piece, special)
+    if failed:
         raise _piece_error(tok)
-    return PyBytes_FromStringAndSize(big.data(), n)
+    return PyBytes_FromStringAndSize(piece.data(), piece.size())
