@@ -19,39 +19,34 @@ cdef extern from "<algorithm>" namespace "std" nogil:
 _EMBED_BATCH_TOKENS = 512
 
 
-cdef int _tokenize_all(const ll.llama_vocab * vocab, const vector[const char *] * ptrs,
-                       const vector[int64_t] * sizes, int32_t max_len,
-                       bint truncate, bint keep_last, vector[ll.llama_token] * toks,
-                       vector[int64_t] * offs, int64_t * n_truncated,
-                       Py_ssize_t * too_long) except -1 nogil:
-    """Tokenize every text into ``toks``; text i is toks[offs[i]:offs[i+1]].
+cdef int _truncate_all(const int32_t * ids, const int64_t * counts, Py_ssize_t n,
+                       int32_t max_len, bint truncate, bint keep_last,
+                       vector[ll.llama_token] * toks, vector[int64_t] * offs,
+                       int64_t * n_truncated, Py_ssize_t * too_long) except -1 nogil:
+    """Lay the texts' ids out as toks[offs[i]:offs[i+1]], each cut to ``max_len`` tokens.
 
-    A text longer than ``max_len`` is cut (keeping its last token when ``keep_last``: the
-    SEP/EOS the tokenizer appended) or, without ``truncate``, reported in ``too_long``.
+    A cut text keeps its last token when ``keep_last`` (the SEP/EOS the tokenizer appended);
+    without ``truncate`` the first text that is too long is reported in ``too_long``.
     """
-    cdef Py_ssize_t i, n = ptrs.size()
-    cdef int64_t at = 0
-    cdef int32_t cap, k, size
+    cdef Py_ssize_t i
+    cdef int64_t src = 0, at = 0, k
     offs.resize(n + 1)
     offs[0][0] = 0
     for i in range(n):
-        size = <int32_t>sizes[0][i]
-        cap = size + 8
-        if <int64_t>toks.size() < at + cap:
-            toks.resize(at + cap + (at >> 1))
-        k = ll.safe_tokenize(vocab, ptrs[0][i], size, toks.data() + at, cap, True, False)
-        if k < 0:
-            toks.resize(at - k)
-            k = ll.safe_tokenize(vocab, ptrs[0][i], size, toks.data() + at, -k, True, False)
+        k = counts[i]
         if k > max_len:
             if not truncate:
                 too_long[0] = i
                 return 0
-            if keep_last:
-                toks[0][at + max_len - 1] = toks[0][at + k - 1]
-            k = max_len
             n_truncated[0] += 1
-        at += k
+            toks.insert(toks.end(), ids + src, ids + src + max_len)
+            if keep_last:
+                toks[0][at + max_len - 1] = ids[src + k - 1]
+            at += max_len
+        else:
+            toks.insert(toks.end(), ids + src, ids + src + k)
+            at += k
+        src += k
         offs[0][i + 1] = at
     return 0
 
@@ -68,6 +63,104 @@ cdef inline void _write_row(const float * src, float * dst, int32_t d, bint norm
         dst[j] = src[j] * scale
 
 
+cdef struct _EmbedLoop:
+    ll.llama_context * ctx
+    ll.llama_batch_ext * batch
+    ll.llama_memory_t mem
+    const ll.llama_token * toks      # text i's tokens: toks[offs[i]:offs[i + 1]]
+    const int64_t * offs
+    const pair[int32_t, int32_t] * order   # (length, text index), shortest first
+    Py_ssize_t n
+    Py_ssize_t pos                   # next entry of order to embed
+    int32_t n_seq_max
+    int32_t budget                   # tokens per decode (a longer text gets a batch alone)
+    int32_t * rows                   # text index of each sequence of the current batch
+    int32_t * first                  # batch index of each sequence's first token
+    int32_t n_seq                    # sequences in the current batch
+    float * out                      # pooled: row i of (n, d); per token: row offs[i] + k
+    int32_t d
+    bint normalize
+    int32_t rc                       # llama_process's code, or _EMBED_NO_OUTPUT
+    volatile int * abort
+
+
+cdef int _embed_pack(_EmbedLoop * e) except -1 nogil:
+    """Fill the batch with the next texts in length order, one sequence each. 0, or 1 (rc -1)."""
+    cdef int32_t n_tok = 0, L, j, k
+    cdef int64_t start
+    cdef ll.llama_pos p
+    ll.llama_batch_ext_clear(e.batch)
+    e.n_seq = 0
+    while e.pos < e.n and e.n_seq < e.n_seq_max:
+        L = e.order[e.pos].first
+        if e.n_seq > 0 and n_tok + L > e.budget:
+            break
+        start = e.offs[e.order[e.pos].second]
+        e.first[e.n_seq] = n_tok
+        for j in range(L):
+            k = ll.llama_batch_ext_add_token(e.batch, e.n_seq, e.toks[start + j])
+            if k < 0:
+                e.rc = -1
+                return 1
+            p = j
+            ll.llama_batch_ext_set_pos(e.batch, k, &p)
+            ll.llama_batch_ext_set_output_logits(e.batch, k, True)   # pooling reads every token
+        e.rows[e.n_seq] = e.order[e.pos].second
+        e.n_seq += 1
+        n_tok += L
+        e.pos += 1
+    return 0
+
+
+cdef int _embed_write_pooled(_EmbedLoop * e) noexcept nogil:
+    """Each sequence's pooled vector into its text's row. 0, or 1 (rc _EMBED_NO_OUTPUT)."""
+    cdef int32_t j
+    cdef const float * src
+    for j in range(e.n_seq):
+        src = ll.llama_get_embeddings_seq(e.ctx, j)
+        if src == NULL:
+            e.rc = _EMBED_NO_OUTPUT
+            return 1
+        _write_row(src, e.out + <int64_t>e.rows[j] * e.d, e.d, e.normalize)
+    return 0
+
+
+cdef int _embed_write_tokens(_EmbedLoop * e) noexcept nogil:
+    """Every token's vector into its row of the (T, d) values. 0, or 1 (rc _EMBED_NO_OUTPUT)."""
+    cdef int32_t j, k, L
+    cdef int64_t row0
+    cdef const float * src
+    for j in range(e.n_seq):
+        row0 = e.offs[e.rows[j]]
+        L = <int32_t>(e.offs[e.rows[j] + 1] - row0)
+        for k in range(L):
+            src = ll.llama_get_embeddings_ith(e.ctx, e.first[j] + k)
+            if src == NULL:
+                e.rc = _EMBED_NO_OUTPUT
+                return 1
+            _write_row(src, e.out + (row0 + k) * e.d, e.d, e.normalize)
+    return 0
+
+
+# What one call of _embed_batch ended with.
+cdef int _EMBED_DONE = 0, _EMBED_FAILED = 1, _EMBED_CANCELLED = 2
+
+
+cdef int _embed_batch(_EmbedLoop * e, bint per_token) except -1 nogil:
+    """Pack, decode and write one batch; the caller returns to Python after each."""
+    if e.abort[0] or native_stopping():
+        return _EMBED_CANCELLED
+    ll.llama_memory_clear(e.mem, True)       # a no-op (NULL) for memory-less models
+    if _embed_pack(e):
+        return _EMBED_FAILED
+    e.rc = ll.llama_process(e.ctx, ll.LLAMA_PROCESS_TYPE_DECODE, e.batch)
+    if e.rc != 0:
+        return _EMBED_FAILED
+    if (_embed_write_tokens(e) if per_token else _embed_write_pooled(e)):
+        return _EMBED_FAILED
+    return _EMBED_DONE
+
+
 cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint normalize,
                         bint truncate, object progress, int32_t budget, bint per_token,
                         int32_t d):
@@ -81,26 +174,22 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
     returns (tokens, truncated, batches, values, offsets).
     """
     cdef const ll.llama_vocab * vocab = self.model._vocab
-    cdef ll.llama_context * ctx = self._ctx
-    cdef ll.llama_batch_ext * batch = self._batch
-    cdef ll.llama_memory_t mem = ll.llama_get_memory(ctx)
-    cdef Py_ssize_t n = len(texts), i, pos = 0, too_long = -1
-    cdef int32_t n_seq_max = ll.llama_n_seq_max(ctx)
+    cdef Py_ssize_t n = len(texts), i, too_long = -1
+    cdef int32_t n_seq_max = ll.llama_n_seq_max(self._ctx)
     cdef int32_t max_len = ll.llama_n_ubatch(self._ctx)   # a text must fit one ubatch
     cdef int32_t n_train = ll.llama_model_n_ctx_train(self.model._model)
-    cdef int32_t n_seq, n_tok, L, j, k, rc = 0
-    cdef int64_t n_truncated = 0, n_batches = 0, start
-    cdef ll.llama_pos p
-    cdef const float * src
+    cdef int64_t n_truncated = 0, n_batches = 0
     cdef bint keep_last = (ll.llama_vocab_get_add_eos(vocab) or ll.llama_vocab_get_add_sep(vocab))
     cdef vector[ll.llama_token] toks
     cdef vector[int64_t] offs
     cdef vector[pair[int32_t, int32_t]] order
     cdef vector[int32_t] rows
-    cdef vector[int32_t] first       # batch index of each sequence's first token (per_token)
-    cdef int64_t row0
-    cdef bint failed = False, cancelled = False, stop_asked = False
-    cdef bint has_progress = progress is not None
+    cdef vector[int32_t] first
+    cdef _EmbedLoop e
+    cdef int status = _EMBED_DONE
+    cdef bint stop_asked = False
+    cdef const int32_t[::1] idv
+    cdef const int64_t[::1] cv
     self._kv.clear()           # the KV cache will hold embedding batches: no prefix to reuse
     self._kv_exact = 0
     self._logits_ok = False
@@ -113,13 +202,21 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
         # vectors; SmolLM2 shows none). Until that is understood, one sequence per decode.
         n_seq_max = 1
     _check_specials(self.model, True)
+    # Tokenized as tokenize_batch does (C++ threads, as many as the text volume pays for),
+    # then cut to what one batch can hold.
     cdef _TextBuffers buf = _TextBuffers(texts, False, "strict", INT32_MAX // 2)
-    rows.resize(n_seq_max)
-    first.resize(n_seq_max)
-    with nogil:
-        _tokenize_all(vocab, &buf.ptrs, &buf.sizes, max_len, truncate, keep_last, &toks, &offs,
-                      &n_truncated, &too_long)
-    PyErr_CheckSignals()
+    counts, ids = _tokenize_buffers(self.model, buf, True, False,
+                                    _batch_threads(None, buf.total, n), True)
+    if n:
+        cv = counts
+        idv = ids if ids.shape[0] else np.zeros(1, dtype=np.int32)
+        with nogil:
+            toks.reserve(idv.shape[0])
+            _truncate_all(&idv[0], &cv[0], n, max_len, truncate, keep_last, &toks, &offs,
+                          &n_truncated, &too_long)
+    else:
+        offs.push_back(0)
+    counts = ids = None
     if too_long >= 0:
         raise ContextSizeError(
             f"texts[{too_long}] is longer than {max_len} tokens, the most one batch of this context "
@@ -137,81 +234,45 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
     for i in range(n):
         order[i].first = <int32_t>(offs[i + 1] - offs[i])
         order[i].second = <int32_t>i
+    rows.resize(n_seq_max)
+    first.resize(n_seq_max)
+    e.ctx = self._ctx
+    e.batch = self._batch
+    e.mem = ll.llama_get_memory(self._ctx)
+    e.toks = toks.data()
+    e.offs = offs.data()
+    e.order = order.data()
+    e.n = n
+    e.pos = 0
+    e.n_seq_max = n_seq_max
+    e.budget = budget
+    e.rows = rows.data()
+    e.first = first.data()
+    e.out = &out[0, 0] if out.shape[0] else NULL
+    e.d = d
+    e.normalize = normalize
+    e.rc = 0
+    e.abort = &self._abort
     with nogil:
         std_sort(order.begin(), order.end())
         # Texts with no tokens (an empty string on a model that adds no special tokens) have
         # no embedding: their rows are zeros.
-        while pos < n and order[pos].first == 0:
+        while e.pos < n and order[e.pos].first == 0:
             if not per_token:
-                memset(&out[order[pos].second, 0], 0, d * sizeof(float))
-            pos += 1
-    while pos < n:
+                memset(e.out + <int64_t>order[e.pos].second * d, 0, d * sizeof(float))
+            e.pos += 1
+    while e.pos < n:
         with nogil:
-            while pos < n:
-                if self._abort or native_stopping():
-                    cancelled = True
-                    break
-                ll.llama_memory_clear(mem, True)       # a no-op (NULL) for memory-less models
-                ll.llama_batch_ext_clear(batch)
-                n_seq = 0
-                n_tok = 0
-                while pos < n and n_seq < n_seq_max:
-                    L = order[pos].first
-                    if n_seq > 0 and n_tok + L > budget:
-                        break      # the budget is a target; a longer text gets a batch alone
-                    start = offs[order[pos].second]
-                    first[n_seq] = n_tok
-                    for j in range(L):
-                        k = ll.llama_batch_ext_add_token(batch, n_seq, toks[start + j])
-                        if k < 0:
-                            break
-                        p = j
-                        ll.llama_batch_ext_set_pos(batch, k, &p)
-                        ll.llama_batch_ext_set_output_logits(batch, k, True)   # pooling reads every token
-                    if k < 0:
-                        rc = -1
-                        failed = True
-                        break
-                    rows[n_seq] = order[pos].second
-                    n_seq += 1
-                    n_tok += L
-                    pos += 1
-                if failed:
-                    break
-                rc = ll.llama_process(ctx, ll.LLAMA_PROCESS_TYPE_DECODE, batch)
-                if rc != 0:
-                    failed = True
-                    break
-                for j in range(n_seq):
-                    if per_token:
-                        row0 = offs[rows[j]]
-                        L = <int32_t>(offs[rows[j] + 1] - row0)
-                        for k in range(L):
-                            src = ll.llama_get_embeddings_ith(ctx, first[j] + k)
-                            if src == NULL:
-                                break
-                            _write_row(src, &out[row0 + k, 0], d, normalize)
-                    else:
-                        src = ll.llama_get_embeddings_seq(ctx, j)
-                    if src == NULL:
-                        rc = _EMBED_NO_OUTPUT
-                        failed = True
-                        break
-                    if not per_token:
-                        _write_row(src, &out[rows[j], 0], d, normalize)
-                if failed:
-                    break
-                n_batches += 1
-                break              # to Python after each batch: signals (Ctrl-C), progress
-        if failed or cancelled:
+            status = _embed_batch(&e, per_token)
+        if status != _EMBED_DONE:
             break
+        n_batches += 1
         PyErr_CheckSignals()       # KeyboardInterrupt between two batches; the context stays usable
-        if has_progress and pos <= n:
-            if progress(n_seq) is False:
-                stop_asked = True
-                break
-    if failed:
-        raise _embed_error(rc, self.pooling, self.n_ctx, mark)
-    if cancelled or stop_asked:
+        if progress is not None and progress(e.n_seq) is False:
+            stop_asked = True
+            break
+    if status == _EMBED_FAILED:
+        raise _embed_error(e.rc, self.pooling, self.n_ctx, mark)
+    if status == _EMBED_CANCELLED or stop_asked:
         raise _decode_error(2, "get_embeddings_batch", self.n_ctx, mark)
     return offs[n], n_truncated, n_batches, values, offsets

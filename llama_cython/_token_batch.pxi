@@ -46,8 +46,14 @@ cdef object _run_tokenize_batch(Model m, object texts, bint add_special, bint pa
         buf = _TextBuffers(_text_tuple(texts, "use tokenize(text) for one", nulls), True, errors,
                            INT32_MAX)
     _check_specials(m, add_special)
+    return _tokenize_buffers(m, buf, add_special, parse_special,
+                             _batch_threads(n_threads, buf.total, buf.ptrs.size()), keep_ids)
+
+
+cdef object _tokenize_buffers(Model m, _TextBuffers buf, bint add_special, bint parse_special,
+                              int threads, bint keep_ids):
+    """(counts int64, ids int32 or None): the texts of ``buf`` tokenized by C++ threads."""
     cdef Py_ssize_t n = buf.ptrs.size()
-    cdef int threads = _batch_threads(n_threads, buf.total, n)
     counts = np.zeros(n, dtype=np.int64)
     if n == 0:
         return counts, (np.empty(0, dtype=np.int32) if keep_ids else None)
