@@ -1,64 +1,16 @@
 # Context: owns a llama_context* and its batch. One thread at a time.
 
-cdef dict _KV_TYPES = {
-    "f32": ggml.GGML_TYPE_F32, "f16": ggml.GGML_TYPE_F16, "bf16": ggml.GGML_TYPE_BF16,
-    "q8_0": ggml.GGML_TYPE_Q8_0, "q4_0": ggml.GGML_TYPE_Q4_0, "q4_1": ggml.GGML_TYPE_Q4_1,
-    "q5_0": ggml.GGML_TYPE_Q5_0, "q5_1": ggml.GGML_TYPE_Q5_1, "iq4_nl": ggml.GGML_TYPE_IQ4_NL,
-}
-cdef dict _FLASH_ATTN = {
-    "auto": ll.LLAMA_FLASH_ATTN_TYPE_AUTO, None: ll.LLAMA_FLASH_ATTN_TYPE_AUTO,
-    "on": ll.LLAMA_FLASH_ATTN_TYPE_ENABLED, True: ll.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-    "off": ll.LLAMA_FLASH_ATTN_TYPE_DISABLED, False: ll.LLAMA_FLASH_ATTN_TYPE_DISABLED,
-}
-# prefix_caching: what a generation may take from the KV cache of the previous one.
-cdef dict _PREFIX_CACHING = {
-    "exact": "exact", True: "exact", "any": "any", "off": "off", False: "off",
-}
-cdef dict _POOLING = {
-    None: ll.LLAMA_POOLING_TYPE_UNSPECIFIED, "none": ll.LLAMA_POOLING_TYPE_NONE,
-    "mean": ll.LLAMA_POOLING_TYPE_MEAN, "cls": ll.LLAMA_POOLING_TYPE_CLS,
-    "last": ll.LLAMA_POOLING_TYPE_LAST, "rank": ll.LLAMA_POOLING_TYPE_RANK,
-}
-cdef dict _POOLING_NAMES = {
-    ll.LLAMA_POOLING_TYPE_NONE: "none", ll.LLAMA_POOLING_TYPE_MEAN: "mean",
-    ll.LLAMA_POOLING_TYPE_CLS: "cls", ll.LLAMA_POOLING_TYPE_LAST: "last",
-    ll.LLAMA_POOLING_TYPE_RANK: "rank",
-}
 _KV_REPORT = re.compile(r"K \((\w+)\):.*V \((\w+)\):")
-_MAX_THREADS = 512   # GGML_MAX_N_THREADS
 cdef enum:
     _HOLD_CALL = 1
     _HOLD_STREAM = 2
 
-
-from llama_cython import _cpus
-
 cdef int _KV_PAD = 256       # llama.cpp pads n_ctx and each sequence's share to this
-
-
-cdef int _check_threads(object value, str name, int n_cpus) except -1:
-    """A thread count between 1 and the CPUs this process may run on: llama.cpp's threads wait
-    for each other after every operation, so one more than can run at once stalls them all."""
-    _check_int(value, name, 1, _MAX_THREADS)
-    if value > n_cpus:
-        raise OptionError(
-            f"{name}={value} is more than the {n_cpus} CPU(s) this process may run on; "
-            "llama.cpp's threads would wait for each other at every step (use at most "
-            f"{n_cpus}; the default is {_cpus.default_threads()}, the physical cores)")
-    return 0
 
 
 cdef cppbool _abort_callback(void * data) noexcept nogil:
     # Called by llama.cpp's CPU backend after every graph node, without the GIL: a plain read.
     return (<volatile int *>data)[0] != 0
-
-
-cdef object _lookup(dict table, object value, str name):
-    try:
-        return table[value]
-    except (KeyError, TypeError):
-        choices = ", ".join(repr(k) for k in table if isinstance(k, str))
-        raise OptionError(f"{name} must be one of {choices}; got {value!r}") from None
 
 
 @cython.no_gc_clear

@@ -78,35 +78,6 @@ cdef object _creation_error(str call, int64_t mark, str fallback):
     return ContextError(f"{call}: {fallback}{tail}")
 
 
-cdef inline int _check_int(object value, str name, int64_t lo, int64_t hi) except -1:
-    """Check that an option is an int in [lo, hi]; bools are refused."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < lo or value > hi:
-        raise OptionError(f"{name} must be between {lo} and {hi}, got {value}")
-    return 0
-
-
-cdef inline bint _check_bool(object value, str name) except -1:
-    """Check that a flag is a bool (numpy bools too); "no" or None are not read as truth values."""
-    if isinstance(value, (bool, np.bool_)):
-        return <bint>value
-    raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-
-
-cdef inline double _check_float(object value, str name, double lo, double hi,
-                                 bint lo_open=False) except? -1:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    cdef double v = value
-    if not isfinite(v):
-        raise OptionError(f"{name} must be finite, got {value!r}")
-    if v < lo or v > hi or (lo_open and v == lo):
-        lo_s = f"({lo}" if lo_open else f"[{lo}"
-        raise OptionError(f"{name} must be in {lo_s}, {hi}], got {value!r}")
-    return v
-
-
 # -- native work and interpreter exit (_native.h) ------------------------------------------------
 
 cdef extern from "_native.h" namespace "llama_cython" nogil:
