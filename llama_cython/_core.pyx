@@ -9,6 +9,7 @@ This file is the table of contents; each part is one ``.pxi`` with one responsib
 ``_log.pxi``          llama.cpp's log, collected without the GIL, sent to ``logging``
 ``_errors.pxi``       return codes and NULLs turned into exceptions, in one place
 ``_options.pxi``      option tables and the checks every option goes through
+``_gguf_check.pxi``   the GGUF pre-check: files llama.cpp would abort on are refused first
 ``_model.pxi``        ``load_model`` and ``Model`` (weights, vocabulary, metadata)
 ``_texts.pxi``        many texts in: borrowed UTF-8 buffers for loops without the GIL
 ``_tokens.pxi``       tokenize / detokenize into numpy arrays filled in C
@@ -90,6 +91,7 @@ include "_log.pxi"
 include "_errors.pxi"
 include "_options.pxi"
 include "_texts.pxi"
+include "_gguf_check.pxi"
 include "_model.pxi"
 include "_tokens.pxi"
 include "_token_batch.pxi"
