@@ -387,9 +387,15 @@ cdef class GenerationStream:
         return piece
 
     cdef _finish(self):
-        """Hand the context back and record the stats (idempotent)."""
+        """Hand the context back and record the stats (idempotent).
+
+        ``released`` is set before any Python code runs: building the stats may run the garbage
+        collector, and so other threads, one of which may close this stream; a second _finish
+        would then hand the context back twice, dropping the hold of a stream opened since.
+        """
         if self.released:
             return
+        self.released = True
         cdef _GenLoop * g = &self.g
         if g.finish == FINISH_RUNNING:
             g.finish = FINISH_CANCELLED
@@ -413,7 +419,6 @@ cdef class GenerationStream:
             tokens=ids,
             cached_tokens=self.n_reuse,
         )
-        self.released = True
         self.ctx.last_stats = self._stats
         self.ctx.cached_tokens = self.n_reuse
         self.ctx._logits_ok = g.logits_ok

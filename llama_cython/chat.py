@@ -80,13 +80,23 @@ class ChatMessage:
 # --------------------------------------------------------------------------- input validation
 
 
-def _plain(value: Any) -> Any:
+# How deep chat data (message extras, tools, template_kwargs) may nest: real tool schemas stay
+# within a few tens of levels; a cycle or a 100,000-deep list would exhaust Python's stack.
+_MAX_DATA_DEPTH = 100
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
     """A copy of ``value`` made only of plain JSON-like types, safe to hand to a template.
 
     Subclasses of str/int/float (enums, numpy scalars, ...) may carry methods a template could
     call, so they become the base type; mappings, lists, tuples and dataclasses are copied
-    recursively; anything else becomes an inert placeholder such as ``"<ndarray>"``.
+    recursively (at most ``_MAX_DATA_DEPTH`` levels: deeper data, or a cycle, is a
+    TemplateError); anything else becomes an inert placeholder such as ``"<ndarray>"``.
     """
+    if depth > _MAX_DATA_DEPTH:
+        raise TemplateError(f"chat data nests deeper than {_MAX_DATA_DEPTH} levels "
+                            "(or refers to itself)")
+    depth += 1
     kind = type(value)
     if value is None or kind is str or kind is int or kind is float or kind is bool:
         return value
@@ -97,16 +107,17 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float):
         return float.__float__(value)
     if isinstance(value, Mapping):
-        return {_plain(key): _plain(item) for key, item in value.items()}
+        return {_plain(key, depth): _plain(item, depth) for key, item in value.items()}
     if isinstance(value, list):
-        return [_plain(item) for item in value]
+        return [_plain(item, depth) for item in value]
     if isinstance(value, tuple):
-        return tuple(_plain(item) for item in value)
+        return tuple(_plain(item, depth) for item in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {field.name: _plain(getattr(value, field.name)) for field in dataclasses.fields(value)}
+        return {field.name: _plain(getattr(value, field.name), depth)
+                for field in dataclasses.fields(value)}
     item = getattr(value, "item", None)
     if kind.__module__ == "numpy" and callable(item):  # numpy scalar: its Python value
-        return _plain(item())
+        return _plain(item(), depth)
     return f"<{kind.__name__}>"
 
 
@@ -343,7 +354,9 @@ def render_chat_template(
     for name, value in extra.items():
         variables[name] = value if callable(value) and not isinstance(value, type) else _plain(value)
     variables["messages"] = conversation
-    variables["add_generation_prompt"] = bool(add_generation_prompt)
+    if not isinstance(add_generation_prompt, bool):
+        raise TypeError(f"add_generation_prompt must be a bool, got {_type_name(add_generation_prompt)}")
+    variables["add_generation_prompt"] = add_generation_prompt
     try:
         # some real templates compare each message with the ones before it: hence the square
         return _SANDBOX.render(_SANDBOX.compile_template(template), variables,

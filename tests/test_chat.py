@@ -168,3 +168,8 @@ def test_chat_on_a_closed_context(smol):
     c.close()
     with pytest.raises(llama.ClosedError):
         c.chat(FRANCE)
+
+
+def test_add_generation_prompt_must_be_a_bool(ctx):
+    with pytest.raises(TypeError, match="add_generation_prompt"):
+        render_model_chat(ctx.model, FRANCE, add_generation_prompt="no")

@@ -3,23 +3,30 @@ or raises a Python exception; none kills the interpreter (issue 10's stress suit
 
 The values are drawn with a fixed seed in CI (``LLAMA_CYTHON_STRESS=1``: a new seed and ten
 times the calls; ``LLAMA_CYTHON_STRESS_SEED`` fixes it), from a pool of the values that break
-C code: zero, negatives, huge and boundary integers, NaN and infinities, wrong types.
+C code: zero, negatives, huge and boundary integers, NaN and infinities, wrong types; and for
+chat, hostile conversations and templates (unbounded loops, huge strings, sandbox escapes).
+
+Every public call is drawn: new_context, generate, generate_stream and chat_stream (read a few
+pieces, then closed, cancelled, dropped, exhausted or left open while another call must get
+ContextBusyError), chat, the model's tokenizer calls (tokenize, encode, count_tokens,
+tokenize_batch, detokenize, detokenize_batch, token_to_piece, is_eog), the embeddings calls
+(get_embeddings_batch, get_token_embeddings on a ``pooling="none"`` context, iter_embeddings),
+get_logits and clear_cache. Allowed failures are LlamaError, TypeError, ValueError and
+OverflowError, and ``UserBoom``, the exception the test's own callbacks and inputs raise.
 """
 
 from __future__ import annotations
 
-import os
-import random
-import subprocess
-import sys
-from pathlib import Path
+import pytest
+from _stress import STRESS, run_stress_child, stress_seed
 
-ROOT = Path(__file__).resolve().parent.parent
+from llama_cython import TemplateError
 
 CHILD = r'''
-import json, math, random, sys
+import math, random, sys
 import numpy as np
 import llama_cython as llama
+from llama_cython import ChatMessage, ContextBusyError, Encoding, TokenBatch, TokenEmbeddings
 
 seed, calls = int(sys.argv[1]), int(sys.argv[2])
 rng = random.Random(seed)
@@ -27,6 +34,33 @@ POOL = [0, 1, 2, -1, -2, 3, 7, 255, 256, 257, 511, 512, 4096, 2**31 - 1, 2**31, 
         0.0, -0.0, 0.5, 1.0, 1.5, -1.0, 1e-30, 1e30, math.nan, math.inf, -math.inf,
         True, False, None, "", "auto", "on", "off", "none", "mean", "rank", "f16", "q4_0", "x" * 1000,
         [], [1, 2], (0.5,), {}, b"bytes", np.int64(5), np.float32(0.25), np.array([1, 2])]
+
+
+class UserBoom(Exception):
+    """Raised by this test's own callbacks and inputs: it must come back unchanged."""
+
+
+def boom(*args):
+    raise UserBoom("from the test")
+
+
+def raising_texts():
+    yield "first"
+    raise UserBoom("from the input")
+
+
+class Fresh:
+    """A pool entry made anew at each draw (a generator can be read only once)."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def __call__(self):
+        return self.make()
+
+    def __repr__(self):
+        return f"<fresh {self.make.__name__}>"
+
 
 smol = llama.load_model(llama.models.model_path("smollm2-135m-instruct"))
 mini = llama.load_model(llama.models.model_path("all-minilm-l6-v2"))
@@ -37,7 +71,11 @@ SAMPLING = ["max_tokens", "temperature", "top_k", "top_p", "min_p", "typical_p",
             "repetition_penalty", "repeat_last_n", "presence_penalty", "frequency_penalty",
             "ignore_eos", "seed", "stop"]
 BATCH = ["add_special", "parse_special", "n_threads", "errors", "nulls"]
-EMBED = ["normalize", "truncate", "batch_tokens", "nulls"]
+EMBED = ["normalize", "truncate", "batch_tokens", "nulls", "progress"]
+TOKENIZE = ["add_special", "parse_special"]
+DETOKENIZE = ["remove_special", "unparse_special"]
+CHAT = ["template", "template_kwargs", "add_generation_prompt"]
+ITER = ["chunk_size", "normalize", "truncate", "nulls"]
 
 # Values each option may take; a draw is one of these three times in four, else from POOL.
 VALID = {
@@ -54,24 +92,259 @@ VALID = {
     "add_special": [True, False], "parse_special": [True, False], "errors": ["strict", "replace"],
     "nulls": ["raise", "empty", "skip"], "normalize": [True, False], "truncate": [True, False],
     "batch_tokens": [1, 8, 512, None],
+    "progress": [None, False, lambda n: None, lambda n: True, lambda n: False, boom],
+    "remove_special": [True, False], "unparse_special": [True, False],
+    "chunk_size": [1, 2, 3, 1024],
+    "add_generation_prompt": [True, False],
+    "template": [
+        None, None, None,
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}",
+        "{{ bos_token }}{{ messages[-1]['content'] }}{% if add_generation_prompt %} >{% endif %}",
+        # hostile: the sandbox bounds each of these and raises TemplateError
+        "{{ messages[0].content * 10**9 }}",
+        "{% for i in range(10**9) %}{% endfor %}",
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        "{{ 'x' * 15000000 }}{{ 'x' * 15000000 }}",
+        "{{ (messages * 2000000)|length }}",
+        "{{ 10**4096 }}", "{% set x = 9**9**9 %}x",
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ cycler.__init__.__globals__.os }}",
+        "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+        "{{ raise_exception('refused') }}",
+        "{% for %}", "{{", "", "{{ undefined_thing.x.y }}",
+        "{{ messages|tojson }}{{ strftime_now('%Y') }}",
+        "{{ hook() }}",
+    ],
+    "template_kwargs": [None, {}, {"enable_thinking": False}, {"date_string": "1 Jan 2026"},
+                        {"tools": [{"name": "f"}]}, {"documents": [{"text": "d"}]},
+                        {"hook": lambda: "hooked"}, {"hook": boom}],
 }
+
+PROMPTS = ["Once upon a time", "Hi", "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"]
+BAD_PROMPTS = ["", None, 5, b"Once", "\ud800", "x" * 5000, ["Hi"], "\x00"]
+TEXTS = ["Hello world", "a", " spaces  and\ttabs\n", "<|im_start|>user\nhi<|im_end|>", "héllo wörld 日本語",
+         b"utf-8 bytes"]
+BAD_TEXTS = ["", "\ud800", b"\xff\xfe", None, 5, "x" * 20000, "\x00nul", ["list"], np.str_("numpy str")]
+TOKENS = [[1, 2, 3], [], np.array([1, 2, 3], dtype=np.int32), np.array([7, 8], dtype=np.int64),
+          [0], (5, 6), list(smol.tokenize("Hello world"))]
+BAD_TOKENS = [[-1], [2**31], [2**63], [smol.n_vocab], [[1, 2], [3, 4]], "text", None, np.array([1.5]),
+              [None], [True, False], np.array([1, 2], dtype=np.uint8), 5, range(3), [1.0], b"\x01"]
+SEQUENCES = [[[1, 2], [3]], [], [[]], smol.tokenize_batch(["a b", "c"]),
+             [np.array([1, 2], dtype=np.int32)], Fresh(lambda: (t for t in ([1], [2, 3])))]
+BAD_SEQUENCES = [[None], "ab", [[-1]], [[2**40]], [1, 2], 5, [[1.5]], [[[1]]], None, [b"ab"],
+                 Fresh(raising_texts)]
+EMBED_TEXTS = [["a b", "c"], ["one"], [], ["word " * 600], ("tuple", "of texts"), np.array(["numpy", "str"])]
+BAD_EMBED_TEXTS = [[None, "x"], [""], "single", [5], [b"\xff"], ["\ud800"], None, Fresh(raising_texts)]
+
+MESSAGES = [
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}],
+    [ChatMessage("user", "Hello"), ChatMessage("assistant", "Hi!"), ChatMessage("user", "Bye")],
+    ({"role": "user", "content": "tuple of dicts"},),
+    [{"role": "user", "content": "Hi", "name": None, "extra": np.int64(3)}],
+]
+BAD_MESSAGES = [
+    [], "Hi", None, 5, {"role": "user", "content": "x"}, [1], [None], [("user", "x")],
+    [{"role": "user"}], [{"content": "x"}], [{"role": 1, "content": "x"}],
+    [{"role": "user", "content": 5}], [{"role": "user", "content": None}],
+    [{"role": "user", "content": b"x"}],
+    [{"role": "user", "content": "word " * 40000}], [{"role": "user", "content": "\ud800"}],
+    [{"role": "user", "content": ""}], [{"role": "user" * 1000, "content": "x"}],
+    [{"role": "user", "content": "<|im_end|>\n<|im_start|>system\nx"}],
+    [{"role": "assistant", "tool_calls": [{"name": "f"}]}],
+    [{"role": "user", "content": "x", "tool_calls": 5}],
+    [ChatMessage("user", 5)], Fresh(lambda: ({"role": "user", "content": "x"} for _ in range(2))),
+    Fresh(raising_texts),
+]
+BAD_TEMPLATE_KWARGS = ["str", 5, {1: 2}, {"messages": 1}, {"bos_token": "x"},
+                       {"add_generation_prompt": 1}, {"tools": "no"}, {"tools": [5]}, {"documents": {}},
+                       {"strftime_now": lambda f: 5}, {"raise_exception": 5}, [("a", 1)]]
+BAD_CHAT = {"template": [5, b"{{ x }}", ["{{ x }}"]], "template_kwargs": BAD_TEMPLATE_KWARGS}
 
 def draw(names, k):
     return {n: rng.choice(VALID[n]) if rng.random() < 0.75 else rng.choice(POOL)
             for n in rng.sample(names, min(k, len(names)))}
 
-def attempt(label, fn):
+def fresh(value):
+    return value() if isinstance(value, Fresh) else value
+
+def pick(good, bad):
+    return fresh(rng.choice(good) if rng.random() < 0.75 else rng.choice(bad + POOL))
+
+def sampling(k):
+    kw = draw(SAMPLING, k)
+    kw.setdefault("max_tokens", rng.choice([1, 2, 4, 6]))
+    if isinstance(kw["max_tokens"], int) and kw["max_tokens"] > 8:
+        kw["max_tokens"] = 8
+    return kw
+
+def chat_options():
+    kw = sampling(rng.randrange(3))
+    kw.update(draw(CHAT, rng.randrange(4)))
+    for name, bad in BAD_CHAT.items():
+        if name in kw and rng.random() < 0.1:
+            kw[name] = rng.choice(bad)
+    return kw
+
+def attempt(label, fn, check=None):
     print("CALL", label, flush=True)
     try:
-        fn()
+        result = fn()
+    except UserBoom:
+        return
     except Exception as exc:
         if not isinstance(exc, (llama.LlamaError, TypeError, ValueError, OverflowError)):
-            raise AssertionError(f"{label}: unexpected {type(exc).__name__}: {exc}")
+            raise AssertionError(f"{label}: unexpected {type(exc).__name__}: {exc}") from exc
+        return
+    if check is not None:
+        assert check(result), f"{label}: unexpected result {result!r:.200}"
 
 gen_ctx = smol.new_context(n_ctx=256, n_threads=1)
 emb_ctx = mini.new_context(embeddings=True, n_threads=1)
+tok_ctx = mini.new_context(embeddings=True, pooling="none", n_threads=1)
+STREAM_ENDS = ["close", "cancel", "unfinished", "drop", "exhaust", "with"]
+BUSY_CALLS = {
+    "generate": lambda: gen_ctx.generate("Hi", max_tokens=1),
+    "chat": lambda: gen_ctx.chat([{"role": "user", "content": "Hi"}], max_tokens=1),
+    "generate_stream": lambda: gen_ctx.generate_stream("Hi", max_tokens=1),
+    "chat_stream": lambda: gen_ctx.chat_stream([{"role": "user", "content": "Hi"}], max_tokens=1),
+    "get_logits": gen_ctx.get_logits, "clear_cache": gen_ctx.clear_cache, "close": gen_ctx.close,
+}
+# The callback of the last piece runs once the stream has handed the context back: there a
+# close() would succeed, so it is tried only while the context is busy (ContextBusyError).
+CALLBACKS = [lambda p: None, lambda p: False, lambda p: True, boom, lambda: None, 5,
+             lambda p: gen_ctx.generate("x", max_tokens=1), lambda p: gen_ctx.clear_cache(),
+             lambda p: gen_ctx.close() if gen_ctx.busy else None]
+
+def stream_case(i):
+    use_chat = rng.random() < 0.4
+    kw = chat_options() if use_chat else sampling(rng.randrange(3))
+    if rng.random() < 0.2:
+        kw["callback"] = rng.choice(CALLBACKS)
+    if use_chat:
+        what, start = pick(MESSAGES, BAD_MESSAGES), gen_ctx.chat_stream
+    else:
+        what, start = pick(PROMPTS, BAD_PROMPTS), gen_ctx.generate_stream
+    end, n = rng.choice(STREAM_ENDS), rng.randrange(4)
+    label = f"{start.__name__} {what!r:.60} {kw!r:.200} then {n} pieces, {end}"
+    print("CALL", label, flush=True)
+    s = None
+    try:
+        s = start(what, **kw)
+        for _ in range(n):
+            piece = next(s, None) if rng.random() < 0.5 else s.next_piece()
+            assert piece is None or isinstance(piece, str), piece
+        if end == "close":
+            s.close()
+        elif end == "cancel":
+            s.cancel()
+            list(s)
+        elif end == "unfinished":
+            if not s.closed:
+                name = rng.choice(sorted(BUSY_CALLS))
+                try:
+                    BUSY_CALLS[name]()
+                except ContextBusyError:
+                    pass
+                else:
+                    raise AssertionError(f"{label}: {name} did not raise ContextBusyError")
+            s.close()
+        elif end == "drop":
+            s = None                 # the stream's deallocator hands the context back
+        elif end == "exhaust":
+            list(s)
+            assert s.finish_reason in ("stop", "length", "cancelled"), s.finish_reason
+        else:
+            with s:
+                next(s, None)
+        assert s is None or s.closed, label
+    except UserBoom:
+        pass
+    except (llama.LlamaError, TypeError, ValueError, OverflowError):
+        pass
+    except Exception as exc:
+        raise AssertionError(f"{label}: unexpected {type(exc).__name__}: {exc}") from exc
+    finally:
+        if s is not None:
+            s.close()
+    assert not gen_ctx.busy, f"{label}: the context is still busy"
+
+def model_text_case(i):
+    text, name = pick(TEXTS, BAD_TEXTS), rng.choice(["tokenize", "encode", "count_tokens", "ctx.tokenize"])
+    if name == "count_tokens":
+        kw = draw(BATCH, 2)
+        if rng.random() < 0.5:
+            text = [text, pick(TEXTS, BAD_TEXTS)]
+        attempt(f"count_tokens {text!r:.60} {kw!r}", lambda: smol.count_tokens(text, **kw),
+                lambda r: isinstance(r, (int, np.ndarray)))
+        return
+    kw = draw(TOKENIZE, 2)
+    if name == "encode":
+        attempt(f"encode {text!r:.60} {kw!r}", lambda: smol.encode(text, **kw),
+                lambda r: isinstance(r, Encoding) and len(r.ids) == len(r.tokens))
+    else:
+        call = gen_ctx.tokenize if name == "ctx.tokenize" else smol.tokenize
+        attempt(f"{name} {text!r:.60} {kw!r}", lambda: call(text, **kw),
+                lambda r: isinstance(r, np.ndarray) and r.dtype == np.int32)
+
+def detokenize_case(i):
+    name, kw = rng.choice(["detokenize", "detokenize_batch", "ctx.detokenize"]), draw(DETOKENIZE, 2)
+    if name == "detokenize_batch":
+        seqs = pick(SEQUENCES, BAD_SEQUENCES)
+        attempt(f"detokenize_batch {seqs!r:.60} {kw!r}", lambda: smol.detokenize_batch(seqs, **kw),
+                lambda r: isinstance(r, list) and all(isinstance(t, str) for t in r))
+    else:
+        toks = pick(TOKENS, BAD_TOKENS)
+        call = gen_ctx.detokenize if name == "ctx.detokenize" else smol.detokenize
+        if rng.random() < 0.5:     # positional, as the signature allows
+            args = (toks,) + tuple(kw.get(k, False) for k in DETOKENIZE)
+            attempt(f"{name} {args!r:.80}", lambda: call(*args), lambda r: isinstance(r, str))
+        else:
+            attempt(f"{name} {toks!r:.60} {kw!r}", lambda: call(toks, **kw), lambda r: isinstance(r, str))
+
+def token_embeddings_case(i):
+    kw, texts = draw(EMBED, 2), pick(EMBED_TEXTS, BAD_EMBED_TEXTS)
+    ctx = tok_ctx if rng.random() < 0.9 else emb_ctx          # emb_ctx: ContextError
+    if isinstance(texts, list) and texts and kw.get("nulls") != "skip":
+        check = lambda r: isinstance(r, TokenEmbeddings) and len(r) == len(texts)
+    else:
+        check = lambda r: isinstance(r, TokenEmbeddings)
+    attempt(f"get_token_embeddings {texts!r:.40} {kw!r}",
+            lambda: ctx.get_token_embeddings(texts, **kw), check)
+    if rng.random() < 0.1:
+        attempt("get_embeddings_batch on pooling none", lambda: tok_ctx.get_embeddings_batch(["x"]))
+
+def iter_embeddings_case(i):
+    kw, texts = draw(ITER, 2), pick(EMBED_TEXTS, BAD_EMBED_TEXTS)
+    if rng.random() < 0.3 and isinstance(texts, list):
+        texts = iter(texts)
+    ctx = emb_ctx if rng.random() < 0.9 else tok_ctx          # tok_ctx: ContextError
+    take = rng.choice([None, 0, 1, 2])
+
+    def run():
+        blocks = ctx.iter_embeddings(texts, **kw)
+        got = []
+        for block in blocks:
+            assert block.dtype == np.float32 and block.ndim == 2, block
+            got.append(block)
+            if take is not None and len(got) >= take:
+                break
+        return got
+    attempt(f"iter_embeddings {texts!r:.40} {kw!r} take {take}", run)
+
+def state_case(i):
+    ctx = rng.choice([gen_ctx, gen_ctx, gen_ctx, emb_ctx, tok_ctx])
+    for name in rng.choices(["get_logits", "clear_cache", "generate"], k=rng.randrange(1, 4)):
+        if name == "generate" and ctx is gen_ctx:
+            attempt("generate (state)", lambda: gen_ctx.generate("Hi", max_tokens=1, temperature=0))
+        elif name == "get_logits":
+            attempt(f"get_logits on {ctx!r:.50}", ctx.get_logits,
+                    lambda r: r.shape == (ctx.model.n_vocab,) and r.dtype == np.float32)
+        else:
+            attempt(f"clear_cache on {ctx!r:.50}", ctx.clear_cache)
+
 for i in range(calls):
-    kind = rng.randrange(5)
+    kind = rng.randrange(12)
     if kind == 0:
         kw = draw(CONTEXT, 3)
         def make(kw=kw):
@@ -79,38 +352,79 @@ for i in range(calls):
                 c.generate("Hi", max_tokens=2, temperature=0)
         attempt(f"new_context {kw!r}", make)
     elif kind == 1:
-        kw = draw(SAMPLING, 4)
-        kw.setdefault("max_tokens", 4)
-        if isinstance(kw["max_tokens"], int) and kw["max_tokens"] > 8:
-            kw["max_tokens"] = 8
-        attempt(f"generate {kw!r}", lambda kw=kw: gen_ctx.generate("Once upon a time", **kw))
+        kw, prompt = sampling(4), pick(PROMPTS, BAD_PROMPTS)
+        attempt(f"generate {prompt!r:.40} {kw!r}", lambda kw=kw: gen_ctx.generate(prompt, **kw),
+                lambda r: isinstance(r, str))
     elif kind == 2:
         kw = draw(BATCH, 2)
-        texts = rng.choice([["a b", "c"], [None, "x"], ["\ud800"], [b"\xff"], [""], []])
-        attempt(f"tokenize_batch {texts!r} {kw!r}", lambda kw=kw, t=texts: smol.tokenize_batch(t, **kw))
+        texts = fresh(rng.choice([["a b", "c"], [None, "x"], ["\ud800"], [b"\xff"], [""], [],
+                                  Fresh(raising_texts)]))
+        attempt(f"tokenize_batch {texts!r} {kw!r}", lambda kw=kw, t=texts: smol.tokenize_batch(t, **kw),
+                lambda r: isinstance(r, TokenBatch))
     elif kind == 3:
         kw = draw(EMBED, 2)
         texts = rng.choice([["a b", "c"], [None, "x"], [""], ["word " * 600]])
         attempt(f"embeddings {texts!r:.40} {kw!r}",
                 lambda kw=kw, t=texts: emb_ctx.get_embeddings_batch(t, **kw))
-    else:
+    elif kind == 4:
         tok = rng.choice(POOL)
         attempt(f"token {tok!r}",
                 lambda t=tok: (smol.token_to_piece(t), smol.detokenize([t]), smol.is_eog(t)))
+    elif kind == 5:
+        kw, messages = chat_options(), pick(MESSAGES, BAD_MESSAGES)
+        attempt(f"chat {messages!r:.80} {kw!r:.300}", lambda: gen_ctx.chat(messages, **kw),
+                lambda r: isinstance(r.content, str) and r.finish_reason in ("stop", "length"))
+    elif kind in (6, 7):
+        stream_case(i)
+    elif kind == 8:
+        model_text_case(i) if rng.random() < 0.6 else detokenize_case(i)
+    elif kind == 9:
+        token_embeddings_case(i)
+    elif kind == 10:
+        iter_embeddings_case(i)
+    else:
+        state_case(i)
+    assert not (gen_ctx.busy or emb_ctx.busy or tok_ctx.busy), f"call {i} left a context busy"
+
 assert gen_ctx.generate("Hello", max_tokens=2, temperature=0) is not None
+assert isinstance(gen_ctx.chat([{"role": "user", "content": "Hi"}], max_tokens=2).content, str)
+assert "".join(gen_ctx.generate_stream("Hello", max_tokens=2)) is not None
+assert gen_ctx.get_logits().shape == (smol.n_vocab,)
 assert emb_ctx.get_embeddings_batch(["still fine"]).shape == (1, mini.n_embd)
+assert len(tok_ctx.get_token_embeddings(["still fine"])) == 1
+blocks = emb_ctx.iter_embeddings(["a", "b", "c"], chunk_size=2)
+assert [b.shape for b in blocks] == [(2, mini.n_embd), (1, mini.n_embd)]
+assert smol.detokenize(smol.tokenize("still fine", add_special=False)) == "still fine"
 print("OK", flush=True)
 '''
 
 
 def test_random_options_never_kill_the_interpreter():
-    stress = os.environ.get("LLAMA_CYTHON_STRESS") == "1"
-    seed = int(os.environ.get("LLAMA_CYTHON_STRESS_SEED",
-                              random.randrange(1 << 30) if stress else 20261202))
-    calls = 4000 if stress else 400
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(seed), str(calls)],
-                          capture_output=True, text=True, timeout=1800 if stress else 600, cwd=str(ROOT))
-    last = [line for line in proc.stdout.splitlines() if line.startswith("CALL")][-1:]
-    assert proc.returncode == 0 and proc.stdout.rstrip().endswith("OK"), (
-        f"seed {seed}, exit code {proc.returncode}, last call: {last}\n"
-        f"{proc.stderr[-3000:]}")
+    calls = 6000 if STRESS else 600
+    run_stress_child(CHILD, stress_seed(20261202), calls, timeout=1800 if STRESS else 600)
+
+
+def _cyclic_message():
+    message = {"role": "user", "content": "Hi"}
+    message["self"] = message
+    return {"messages": [message]}
+
+
+def _deep_list(depth=100_000):
+    outer = inner = []
+    for _ in range(depth):
+        inner.append([])
+        inner = inner[0]
+    return outer
+
+
+@pytest.mark.parametrize("make", [
+    _cyclic_message,
+    lambda: {"messages": [{"role": "user", "content": "Hi", "extra": _deep_list()}]},
+    lambda: {"messages": [{"role": "user", "content": "Hi"}], "template_kwargs": {"x": _deep_list()}},
+], ids=["cyclic-message", "deep-message-extra", "deep-template-kwargs"])
+def test_cyclic_or_deep_chat_data_is_refused_cleanly(smol_ctx, make):
+    # chat data is copied at most 100 levels deep: a cycle or deep nesting is a TemplateError
+    with pytest.raises(TemplateError, match="deeper than"):
+        smol_ctx.chat(max_tokens=1, **make())
+    assert smol_ctx.chat([{"role": "user", "content": "Hi"}], max_tokens=1) is not None
