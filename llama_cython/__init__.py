@@ -52,7 +52,7 @@ from llama_cython.errors import (  # noqa: E402
     TemplateError,
     TokenizeError,
 )
-from llama_cython.stats import ChatResponse, ChatUsage, EmbeddingStats, GenerationStats  # noqa: E402
+from llama_cython.stats import BatchStats, ChatResponse, ChatUsage, EmbeddingStats, GenerationStats  # noqa: E402
 from llama_cython.streaming import AsyncGenerationStream  # noqa: E402
 from llama_cython.system import SystemInfo, system_info  # noqa: E402
 from llama_cython.token_batch import TokenBatch  # noqa: E402
@@ -64,6 +64,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AllocationError",
     "AsyncGenerationStream",
+    "BatchStats",
     "ChatMessage",
     "ChatResponse",
     "ChatUsage",

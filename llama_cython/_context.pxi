@@ -39,6 +39,7 @@ cdef class Context:
     cdef int32_t _kv_exact            # leading _kv entries computed as a fresh context would
     cdef bint _logits_ok              # the last decode left logits for its last position
     cdef readonly object last_embedding_stats
+    cdef readonly object last_batch_stats
     cdef bint _embeddings
     cdef object __weakref__
 
@@ -742,6 +743,89 @@ cdef class Context:
             self._logits_ok = False
         finally:
             self._leave()
+
+    # -- many prompts at once -------------------------------------------------------------
+
+    def generate_batch(self, prompts, *, max_tokens=128, stop=None, progress=None, **sampling):
+        """Continue many prompts; a list of ``str`` in input order.
+
+        Up to ``n_parallel`` prompts (see :meth:`Model.new_context`) are decoded together:
+        each llama.cpp decode carries one token of every sequence that is generating and the
+        prompt tokens of newly admitted ones, and a finished sequence's slot goes to the next
+        prompt at once (continuous batching). The whole loop runs in C without the GIL; it
+        comes back to Python between decodes only for Ctrl-C and ``progress``.
+
+        Each prompt has its own sampler, stop strings (``stop`` applies to each) and
+        ``max_tokens``; with ``seed``, prompt i samples from a seed derived from ``seed`` and
+        ``i``, so its text does not depend on the other prompts or on the slot it got.
+        ``ctx.last_batch_stats`` (:class:`BatchStats`) has every prompt's token counts and
+        finish reason, the number of decodes and the aggregate tokens/s. Prompts are tokenized
+        first, all of them: a prompt longer than a sequence's share of the context
+        (``n_ctx // n_parallel``) raises :class:`ContextSizeError` naming its index before
+        anything is decoded. :meth:`cancel` (from another thread) ends the call early: prompts
+        not finished keep the text they have and finish as ``"cancelled"``.
+
+        Greedy output equals :meth:`generate`'s for the same prompt only where llama.cpp's
+        arithmetic does not depend on the batch; see the guide ("Batch generation").
+
+        Parameters
+        ----------
+        prompts : sequence of str
+        max_tokens : int
+            The most tokens generated for each prompt.
+        stop : str or sequence of str, optional
+        progress : callable or bool, optional
+            ``progress(n)`` after each decode in which ``n`` prompts finished; ``True`` shows
+            a tqdm bar (the ``progress`` extra).
+        **sampling
+            As for :meth:`generate`.
+
+        >>> ctx = model.new_context(n_parallel=8)                              # doctest: +SKIP
+        >>> ctx.generate_batch(["The capital of France is", "2 + 2 ="], max_tokens=8,
+        ...                    temperature=0)                                  # doctest: +SKIP
+        [' Paris.', ' 4']
+        """
+        items = _text_tuple(prompts, "use generate(prompt) for one")
+        for k in range(len(items)):
+            if not isinstance(items[k], str):
+                raise TypeError(f"prompts[{k}] must be a str, got {type(items[k]).__name__}")
+        texts, _ = _generate_batch(self, items, max_tokens, stop, progress, sampling,
+                                   [True] * len(items))
+        return texts
+
+    def chat_batch(self, conversations, *, max_tokens=512, stop=None, template=None,
+                   template_kwargs=None, add_generation_prompt=True, progress=None, **sampling):
+        """Answer many conversations as :meth:`generate_batch` continues prompts; a list of
+        :class:`ChatResponse` in input order (each with its own ``usage`` and ``stats``).
+
+        Every conversation is rendered with the chat template (see :meth:`chat`) before any
+        decoding.
+        """
+        from llama_cython.chat import render_model_chat
+        self._check_open()
+        if isinstance(conversations, (str, bytes)) or not hasattr(conversations, "__iter__"):
+            raise TypeError("conversations must be a sequence of message lists, got "
+                            f"{type(conversations).__name__}")
+        texts = []
+        flags = []
+        for k, messages in enumerate(conversations):
+            try:
+                text, add_special = render_model_chat(
+                    self.model, messages, template=template, template_kwargs=template_kwargs,
+                    add_generation_prompt=add_generation_prompt)
+            except (TypeError, ValueError) as exc:
+                try:
+                    named = type(exc)(f"conversations[{k}]: {exc}")
+                except Exception:
+                    raise exc from None
+                raise named from exc
+            texts.append(text)
+            flags.append(add_special)
+        contents, stats = _generate_batch(self, tuple(texts), max_tokens, stop, progress, sampling,
+                                          flags)
+        return [ChatResponse(content=c, finish_reason=st.finish_reason,
+                             usage=ChatUsage(st.prompt_tokens, st.completion_tokens, 0), stats=st)
+                for c, st in zip(contents, stats)]
 
     def cancel(self):
         """Ask a running generation on this context to stop (safe from any thread).

@@ -17,7 +17,7 @@ else:   # a stub only: type checkers read it, nothing imports it at run time
 
 from llama_cython.chat import ChatMessage
 from llama_cython.encoding import Encoding
-from llama_cython.stats import ChatResponse, EmbeddingStats, GenerationStats
+from llama_cython.stats import BatchStats, ChatResponse, EmbeddingStats, GenerationStats
 from llama_cython.streaming import AsyncGenerationStream
 from llama_cython.token_batch import TokenBatch
 from llama_cython.token_embeddings import TokenEmbeddings
@@ -268,6 +268,19 @@ class Context:
         template: str | None = None, template_kwargs: Mapping[str, Any] | None = None,
         add_generation_prompt: bool = True, **sampling: Unpack[SamplingOptions],
     ) -> AsyncGenerationStream: ...
+    @property
+    def last_batch_stats(self) -> BatchStats | None: ...
+    def generate_batch(
+        self, prompts: Iterable[str], *, max_tokens: int = 128, stop: _Stop = None,
+        progress: Callable[[int], object] | bool | None = None,
+        **sampling: Unpack[SamplingOptions],
+    ) -> list[str]: ...
+    def chat_batch(
+        self, conversations: Iterable[_Messages], *, max_tokens: int = 512, stop: _Stop = None,
+        template: str | None = None, template_kwargs: Mapping[str, Any] | None = None,
+        add_generation_prompt: bool = True, progress: Callable[[int], object] | bool | None = None,
+        **sampling: Unpack[SamplingOptions],
+    ) -> list[ChatResponse]: ...
     @property
     def last_embedding_stats(self) -> EmbeddingStats | None: ...
     def get_embeddings_batch(

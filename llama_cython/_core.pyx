@@ -18,6 +18,7 @@ This file is the table of contents; each part is one ``.pxi`` with one responsib
 ``_context.pxi``      ``Context`` (KV cache, options read back from llama.cpp)
 ``_sampler.pxi``      sampler chains, always ending in a selecting sampler
 ``_generate.pxi``     the decode-sample-accept loop, run without the GIL
+``_generate_batch.pxi`` many prompts decoded together in n_parallel slots (continuous batching)
 ``_embed.pxi``        batch embeddings: tokenize, pack, decode, pool into (N, D) arrays
 ====================  =========================================================
 
@@ -82,7 +83,7 @@ from llama_cython.errors import (
 )
 from llama_cython._optional import require
 from llama_cython.encoding import Encoding
-from llama_cython.stats import ChatResponse, ChatUsage, EmbeddingStats, GenerationStats
+from llama_cython.stats import BatchStats, ChatResponse, ChatUsage, EmbeddingStats, GenerationStats
 from llama_cython.token_batch import TokenBatch
 from llama_cython.token_embeddings import TokenEmbeddings
 from llama_cython.vocab import Vocab
@@ -99,6 +100,7 @@ include "_vocab.pxi"
 include "_context.pxi"
 include "_sampler.pxi"
 include "_generate.pxi"
+include "_generate_batch.pxi"
 include "_embed.pxi"
 
 

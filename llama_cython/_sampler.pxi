@@ -42,41 +42,37 @@ cdef _SamplingParams _sampling_params(dict kw) except *:
     return sp
 
 
-cdef int _add_eog_ban(ll.llama_sampler * chain, const ll.llama_vocab * vocab, int32_t n_vocab) except -1:
-    """ignore_eos: a logit bias of -inf on every end-of-generation token."""
-    cdef vector[ll.llama_logit_bias] bias
+cdef int _eog_ban(const ll.llama_vocab * vocab, int32_t n_vocab,
+                  vector[ll.llama_logit_bias] * bias) except -1 nogil:
+    """ignore_eos: a logit bias of -inf for every end-of-generation token, into ``bias``."""
     cdef ll.llama_logit_bias b
     cdef int32_t t
-    with nogil:
-        for t in range(n_vocab):
-            if ll.llama_vocab_is_eog(vocab, t):
-                b.token = t
-                b.bias = -INFINITY
-                bias.push_back(b)
-    if bias.size():
-        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_logit_bias(
-            n_vocab, <int32_t>bias.size(), bias.data()))
+    for t in range(n_vocab):
+        if ll.llama_vocab_is_eog(vocab, t):
+            b.token = t
+            b.bias = -INFINITY
+            bias.push_back(b)
     return 0
 
 
-cdef ll.llama_sampler * _build_sampler(const _SamplingParams * sp, const ll.llama_vocab * vocab,
-                                       int32_t n_vocab) except NULL:
-    """[eog ban] -> penalties -> top_k -> typical -> top_p -> min_p -> temperature -> dist.
+cdef ll.llama_sampler * _chain_from(const _SamplingParams * sp, const vector[ll.llama_logit_bias] * ban,
+                                    int32_t n_vocab, uint32_t seed) except NULL nogil:
+    """[eog ban] -> penalties -> top_k -> typical -> top_p -> min_p -> temperature -> dist(seed).
 
     At temperature 0 the chain is [eog ban] -> penalties -> greedy. This is the order of
-    llama.cpp's own common sampler, less the samplers we do not expose.
+    llama.cpp's own common sampler, less the samplers we do not expose. ``ban`` is what
+    _eog_ban gave (empty unless ignore_eos). Runs without the GIL: the batch loop builds one
+    chain per sequence as it admits it.
     """
     cdef ll.llama_sampler_chain_params cp = ll.llama_sampler_chain_default_params()
     cp.no_perf = True
     cdef ll.llama_sampler * chain = ll.llama_sampler_chain_init(cp)
     if chain == NULL:
-        raise AllocationError("failed to allocate a sampler chain")
-    try:
-        if sp.ignore_eos:
-            _add_eog_ban(chain, vocab, n_vocab)
-    except BaseException:
-        ll.llama_sampler_free(chain)
-        raise
+        with gil:
+            raise AllocationError("failed to allocate a sampler chain")
+    if ban.size():
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_logit_bias(
+            n_vocab, <int32_t>ban.size(), ban.data()))
     if sp.repeat_last_n != 0 and (sp.repetition_penalty != 1.0 or sp.presence_penalty != 0.0
                                   or sp.frequency_penalty != 0.0):
         ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_penalties(
@@ -94,5 +90,17 @@ cdef ll.llama_sampler * _build_sampler(const _SamplingParams * sp, const ll.llam
     if sp.min_p > 0.0:
         ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_min_p(sp.min_p, 1))
     ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(sp.temperature))
-    ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(sp.seed))
+    ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
+    return chain
+
+
+cdef ll.llama_sampler * _build_sampler(const _SamplingParams * sp, const ll.llama_vocab * vocab,
+                                       int32_t n_vocab) except NULL:
+    """The chain for one generation (see _chain_from)."""
+    cdef vector[ll.llama_logit_bias] ban
+    cdef ll.llama_sampler * chain
+    with nogil:
+        if sp.ignore_eos:
+            _eog_ban(vocab, n_vocab, &ban)
+        chain = _chain_from(sp, &ban, n_vocab, sp.seed)
     return chain

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["ChatResponse", "ChatUsage", "EmbeddingStats", "GenerationStats"]
+__all__ = ["BatchStats", "ChatResponse", "ChatUsage", "EmbeddingStats", "GenerationStats"]
 
 
 @dataclass(frozen=True)
@@ -79,3 +79,31 @@ class EmbeddingStats:
     @property
     def texts_per_second(self) -> float:
         return self.texts * 1000.0 / self.ms if self.ms > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What the last ``generate_batch``/``chat_batch`` on a context did.
+
+    ``prompt_tokens`` and ``completion_tokens`` are int32 arrays in input order;
+    ``finish_reasons`` says for each prompt ``"stop"``, ``"length"`` or ``"cancelled"`` (a
+    prompt never started counts as cancelled); ``decodes`` is the number of llama.cpp decode
+    calls the whole batch took, ``n_parallel`` how many sequences could be decoded at once.
+    """
+
+    prompts: int
+    prompt_tokens: npt.NDArray[np.int32] = field(repr=False)
+    completion_tokens: npt.NDArray[np.int32] = field(repr=False)
+    finish_reasons: list[str] = field(repr=False)
+    decodes: int
+    n_parallel: int
+    ms: float
+
+    @property
+    def total_completion_tokens(self) -> int:
+        return int(self.completion_tokens.sum())
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Generated tokens per second over the whole call, prompt processing included."""
+        return self.total_completion_tokens * 1000.0 / self.ms if self.ms > 0 else 0.0

@@ -1,0 +1,389 @@
+# Batched generation: many prompts, up to n_parallel of them decoded together (continuous
+# batching). Each decode carries one token of every sequence that is generating plus prompt
+# tokens of newly admitted ones, within n_batch; a finished sequence frees its slot (its KV
+# cells are removed) and the next prompt takes it. Every step runs without the GIL; the loop
+# returns to Python between decodes only for signals (Ctrl-C) and progress.
+#
+# Each prompt has its own sampler chain. With a seed, prompt i's chain draws from a seed
+# derived from (seed, i), so its text does not depend on which slot or step it got.
+
+cdef struct _BatchSlot:
+    int32_t prompt          # index of the prompt this slot holds; -1: free
+    ll.llama_sampler * smpl
+    int32_t n_past          # this sequence's tokens in the KV cache
+    int32_t n_fed           # prompt tokens placed in batches so far
+    ll.llama_token pending  # sampled, to be decoded in the next batch
+    bint has_pending
+    int32_t out_idx         # batch index whose logits this slot samples after the decode; -1: none
+    int32_t fed_now         # prompt tokens of this slot in the current batch
+
+
+cdef inline uint32_t _derived_seed(uint32_t seed, uint32_t i) noexcept nogil:
+    """A seed for prompt ``i`` from the call's ``seed`` (splitmix32-style mixing): the same
+    prompt index always gets the same seed, whatever slot or step it is decoded in."""
+    cdef uint32_t z = seed + 0x9E3779B9u * (i + 1)
+    z = (z ^ (z >> 16)) * 0x85EBCA6Bu
+    z = (z ^ (z >> 13)) * 0xC2B2AE35u
+    z = z ^ (z >> 16)
+    return z if z != <uint32_t>ll.LLAMA_DEFAULT_SEED else 0
+
+
+@cython.final
+cdef class _BatchJob:
+    """The state of one generate_batch call, C++ containers only (used without the GIL)."""
+
+    cdef ll.llama_context * ctx
+    cdef const ll.llama_vocab * vocab
+    cdef ll.llama_batch_ext * batch
+    cdef ll.llama_memory_t mem
+    cdef volatile int * abort
+    cdef vector[vector[ll.llama_token]] prompts
+    cdef vector[string] texts
+    cdef vector[int32_t] n_generated
+    cdef vector[vector[ll.llama_token]] out_tokens
+    cdef vector[int64_t] t_admit       # per prompt, llama_time_us: admitted, first token, ended
+    cdef vector[int64_t] t_first
+    cdef vector[int64_t] t_end
+    cdef vector[int] finish
+    cdef vector[_BatchSlot] slots
+    cdef vector[string] stops
+    cdef size_t max_stop
+    cdef _SamplingParams sp
+    cdef vector[ll.llama_logit_bias] ban
+    cdef uint32_t seed
+    cdef int32_t n_vocab
+    cdef int32_t n_ctx_seq
+    cdef int32_t n_batch
+    cdef int32_t max_tokens
+    cdef Py_ssize_t next_prompt
+    cdef Py_ssize_t n_done
+    cdef int64_t n_decodes
+    cdef int32_t rc
+
+    def __dealloc__(self):
+        self.free_samplers()
+
+    cdef void free_samplers(self) noexcept nogil:
+        cdef size_t s
+        for s in range(self.slots.size()):
+            if self.slots[s].smpl != NULL:
+                ll.llama_sampler_free(self.slots[s].smpl)
+                self.slots[s].smpl = NULL
+
+    cdef int _end(self, size_t s, int why) except -1 nogil:
+        """Prompt of slot ``s`` is done: record why, free its cells and its sampler."""
+        cdef _BatchSlot * slot = &self.slots[s]
+        self.finish[slot.prompt] = why
+        self.t_end[slot.prompt] = ll.llama_time_us()
+        ll.llama_memory_seq_rm(self.mem, <ll.llama_seq_id>s, -1, -1)
+        if slot.smpl != NULL:
+            ll.llama_sampler_free(slot.smpl)
+            slot.smpl = NULL
+        slot.prompt = -1
+        slot.has_pending = False
+        self.n_done += 1
+        return 0
+
+    cdef int _admit(self) except -1 nogil:
+        """Give every free slot the next prompt."""
+        cdef size_t s
+        cdef _BatchSlot * slot
+        for s in range(self.slots.size()):
+            slot = &self.slots[s]
+            if slot.prompt >= 0 or self.next_prompt >= <Py_ssize_t>self.prompts.size():
+                continue
+            ll.llama_memory_seq_rm(self.mem, <ll.llama_seq_id>s, -1, -1)
+            slot.smpl = _chain_from(&self.sp, &self.ban, self.n_vocab,
+                                    _derived_seed(self.seed, <uint32_t>self.next_prompt))
+            slot.prompt = <int32_t>self.next_prompt
+            self.t_admit[slot.prompt] = ll.llama_time_us()
+            self.next_prompt += 1
+            slot.n_past = 0
+            slot.n_fed = 0
+            slot.has_pending = False
+        return 0
+
+    cdef int _fill(self) except -1 nogil:
+        """The next batch: the pending token of each generating sequence, then prompt tokens.
+        Returns the number of tokens placed (0: nothing left to decode)."""
+        cdef size_t s
+        cdef int32_t used = 0, m, j, idx
+        cdef ll.llama_pos pos
+        cdef _BatchSlot * slot
+        cdef const vector[ll.llama_token] * p
+        ll.llama_batch_ext_clear(self.batch)
+        for s in range(self.slots.size()):
+            slot = &self.slots[s]
+            slot.out_idx = -1
+            slot.fed_now = 0
+            if slot.prompt < 0 or not slot.has_pending:
+                continue
+            idx = ll.llama_batch_ext_add_token(self.batch, <ll.llama_seq_id>s, slot.pending)
+            if idx < 0:
+                self.rc = -1
+                return -2
+            pos = slot.n_past
+            ll.llama_batch_ext_set_pos(self.batch, idx, &pos)
+            ll.llama_batch_ext_set_output_logits(self.batch, idx, True)
+            slot.out_idx = idx
+            used += 1
+        for s in range(self.slots.size()):
+            slot = &self.slots[s]
+            if slot.prompt < 0 or slot.has_pending:
+                continue
+            p = &self.prompts[slot.prompt]
+            m = <int32_t>p.size() - slot.n_fed
+            if m > self.n_batch - used:
+                m = self.n_batch - used
+            if m <= 0:
+                continue
+            for j in range(m):
+                idx = ll.llama_batch_ext_add_token(self.batch, <ll.llama_seq_id>s, p[0][slot.n_fed + j])
+                if idx < 0:
+                    self.rc = -1
+                    return -2
+                pos = slot.n_fed + j
+                ll.llama_batch_ext_set_pos(self.batch, idx, &pos)
+            if slot.n_fed + m == <int32_t>p.size():
+                ll.llama_batch_ext_set_output_logits(self.batch, idx, True)
+                slot.out_idx = idx
+            slot.fed_now = m
+            used += m
+        return used
+
+    cdef int _sample(self, size_t s) except -1 nogil:
+        """After a decode: sample slot ``s``'s next token and decide whether its prompt ends."""
+        cdef _BatchSlot * slot = &self.slots[s]
+        cdef int32_t i = slot.prompt
+        cdef ll.llama_token tok = ll.llama_sampler_sample(slot.smpl, self.ctx, slot.out_idx)
+        cdef size_t before, cut
+        if self.t_first[i] == 0:
+            self.t_first[i] = ll.llama_time_us()
+        if ll.llama_vocab_is_eog(self.vocab, tok):
+            return self._end(s, FINISH_STOP)
+        self.n_generated[i] += 1
+        self.out_tokens[i].push_back(tok)
+        before = self.texts[i].size()
+        _append_piece(self.vocab, tok, &self.texts[i], False)
+        if self.stops.size():
+            cut = _find_stop_in(&self.texts[i], &self.stops, self.max_stop, before)
+            if cut != <size_t>-1:
+                self.texts[i].resize(cut)
+                return self._end(s, FINISH_STOP)
+        if self.n_generated[i] >= self.max_tokens or slot.n_past >= self.n_ctx_seq:
+            return self._end(s, FINISH_LENGTH)
+        slot.pending = tok
+        slot.has_pending = True
+        return 0
+
+    cdef int step(self) except -1 nogil:
+        """Admit, decode one batch, sample. 1 while work remains, 0 when every prompt ended,
+        2 when cancelled (ctx.cancel(), interpreter exit), -2 on a failed decode (rc)."""
+        cdef size_t s
+        cdef int32_t used
+        cdef _BatchSlot * slot
+        if self.abort[0] or native_stopping():
+            return 2
+        self._admit()
+        used = self._fill()
+        if used == -2:
+            return -2
+        if used == 0:
+            return 0
+        self.rc = ll.llama_process(self.ctx, ll.LLAMA_PROCESS_TYPE_DECODE, self.batch)
+        if self.rc != 0:
+            return 2 if self.rc == 2 else -2
+        self.n_decodes += 1
+        for s in range(self.slots.size()):
+            slot = &self.slots[s]
+            if slot.prompt < 0:
+                continue
+            if slot.has_pending and slot.out_idx >= 0:
+                slot.n_past += 1
+                slot.has_pending = False
+            slot.n_fed += slot.fed_now
+            slot.n_past += slot.fed_now
+            if slot.out_idx >= 0:
+                self._sample(s)
+        return 1 if self.n_done < <Py_ssize_t>self.prompts.size() else 0
+
+    cdef void end_all(self, int why) noexcept nogil:
+        """Mark every prompt that has not ended (running or never admitted) with ``why``."""
+        cdef size_t s
+        cdef Py_ssize_t i
+        for s in range(self.slots.size()):
+            if self.slots[s].prompt >= 0:
+                self.finish[self.slots[s].prompt] = why
+                self.slots[s].prompt = -1
+        for i in range(self.next_prompt, <Py_ssize_t>self.prompts.size()):
+            self.finish[i] = why
+        self.next_prompt = <Py_ssize_t>self.prompts.size()
+
+
+cdef object _prompt_stats(_BatchJob job, Py_ssize_t i):
+    """GenerationStats of prompt ``i`` of a finished batch."""
+    ids = np.empty(job.out_tokens[i].size(), dtype=np.int32)
+    cdef int32_t[::1] view
+    if job.out_tokens[i].size():
+        view = ids
+        memcpy(&view[0], job.out_tokens[i].data(), job.out_tokens[i].size() * sizeof(ll.llama_token))
+    first = job.t_first[i] or job.t_end[i] or job.t_admit[i]
+    return GenerationStats(
+        prompt_tokens=<int>job.prompts[i].size(),
+        completion_tokens=job.n_generated[i],
+        prompt_ms=(first - job.t_admit[i]) / 1000.0 if job.t_admit[i] else 0.0,
+        generation_ms=(job.t_end[i] - first) / 1000.0 if job.t_end[i] and job.t_admit[i] else 0.0,
+        finish_reason=_FINISH_NAMES[job.finish[i]],
+        tokens=ids,
+    )
+
+
+cdef size_t _find_stop_in(const string * text, const vector[string] * stops, size_t max_stop,
+                          size_t start) noexcept nogil:
+    """Earliest position of a stop string in ``text`` that ends after ``start``; npos if none."""
+    cdef size_t best = <size_t>-1, pos, i
+    cdef size_t frm = start - (max_stop - 1) if start >= max_stop - 1 else 0
+    for i in range(stops.size()):
+        pos = text.find(stops[0][i], frm)
+        if pos < best:
+            best = pos
+    return best
+
+
+cdef object _generate_batch(Context self, object prompts, object max_tokens, object stop,
+                            object progress, dict sampling, object add_special_flags):
+    """Run a batch to the end; (texts, stats). ``prompts`` is a tuple of str, already checked."""
+    cdef Py_ssize_t n = len(prompts), i
+    cdef int status = 1
+    cdef _BatchJob job = _BatchJob.__new__(_BatchJob)
+    cdef _SamplingParams sp
+    cdef int32_t[::1] iv
+    cdef const int64_t[::1] cv
+    cdef int64_t at = 0, t0, t_first = 0
+    cdef size_t s
+    _check_int(max_tokens, "max_tokens", 1, INT32_MAX)
+    cdef list stops = _stop_list(stop)
+    kw = _sampling_kwargs(sampling)
+    sp = _sampling_params(kw)
+    if kw["seed"] is None:
+        sp.seed = <uint32_t>(int.from_bytes(os.urandom(4), "little") % 0xFFFFFFFE)
+    bar = None
+    if progress is True:
+        tqdm = require("tqdm.auto", "progress=True (or pass a callable)").tqdm
+    elif progress is not None and progress is not False and not callable(progress):
+        raise TypeError(f"progress must be callable or a bool, got {type(progress).__name__}")
+    self._enter()          # counted as native work too (interpreter exit waits for it)
+    try:
+        if ll.llama_get_memory(self._ctx) == NULL:
+            raise ContextError("this model computes embeddings only (it has no KV cache and no "
+                               "logits); it cannot generate")
+        job.n_ctx_seq = ll.llama_n_ctx_seq(self._ctx)
+        # parse_special as in generate: chat markers in a prompt are tokens
+        items = tuple(_text_bytes(p, f"prompts[{k}]") for k, p in enumerate(prompts))
+        buf = _TextBuffers(items, True, "strict", INT32_MAX)
+        flags = set(add_special_flags)
+        job.prompts.resize(n)
+        for add_special in flags:
+            _check_specials(self.model, add_special)
+            part = [k for k in range(n) if add_special_flags[k] == add_special]
+            sub = buf if len(flags) == 1 else _TextBuffers(tuple(items[k] for k in part), True,
+                                                          "strict", INT32_MAX)
+            counts, ids = _tokenize_buffers(self.model, sub, add_special, True,
+                                            _batch_threads(None, sub.total, len(part)), True)
+            cv = counts
+            iv = ids if ids.shape[0] else np.zeros(1, dtype=np.int32)
+            at = 0
+            for j, k in enumerate(part):
+                if cv[j] == 0:
+                    raise TokenizeError(f"prompts[{k}] is empty (it tokenizes to no tokens)")
+                if cv[j] > job.n_ctx_seq:
+                    raise ContextSizeError(
+                        f"prompts[{k}] is {cv[j]} tokens, longer than a sequence's share of the "
+                        f"context ({job.n_ctx_seq} tokens: n_ctx / n_parallel)")
+                job.prompts[k].assign(&iv[at], &iv[at] + cv[j])
+                at += cv[j]
+        for b in stops:
+            job.stops.push_back(<string>b)
+            if len(<bytes>b) > job.max_stop:
+                job.max_stop = len(<bytes>b)
+        job.ctx = self._ctx
+        job.vocab = self.model._vocab
+        job.batch = self._batch
+        job.mem = ll.llama_get_memory(self._ctx)
+        job.abort = &self._abort
+        job.sp = sp
+        job.seed = sp.seed
+        job.n_vocab = self.model._n_vocab
+        job.n_batch = ll.llama_n_batch(self._ctx)
+        job.max_tokens = max_tokens
+        if sp.repeat_last_n < 0 or sp.repeat_last_n > job.n_ctx_seq:
+            sp.repeat_last_n = job.n_ctx_seq
+            job.sp = sp
+        job.texts.resize(n)
+        job.out_tokens.resize(n)
+        job.t_admit.resize(n, 0)
+        job.t_first.resize(n, 0)
+        job.t_end.resize(n, 0)
+        job.n_generated.resize(n, 0)
+        job.finish.resize(n, FINISH_RUNNING)
+        job.slots.resize(ll.llama_n_seq_max(self._ctx))
+        for s in range(job.slots.size()):
+            job.slots[s].prompt = -1
+            job.slots[s].smpl = NULL
+        mark = _log_mark()
+        with nogil:
+            if sp.ignore_eos:
+                _eog_ban(job.vocab, job.n_vocab, &job.ban)
+            ll.llama_memory_clear(job.mem, True)
+        self._kv.clear()
+        self._kv_exact = 0
+        self._logits_ok = False
+        if progress is True:
+            bar = tqdm(total=n, unit="prompt")
+            progress = bar.update
+        elif progress is False:
+            progress = None
+        t0 = ll.llama_time_us()
+        done = 0
+        while status == 1:
+            with nogil:
+                status = job.step()
+            if t_first == 0:
+                t_first = ll.llama_time_us()
+            if progress is not None and job.n_done > done:
+                progress(job.n_done - done)
+                done = job.n_done
+            PyErr_CheckSignals()      # Ctrl-C between two decodes
+        if status == -2:
+            raise _decode_error(job.rc, "generate_batch", job.n_ctx_seq, mark)
+        if status == 2:
+            job.end_all(FINISH_CANCELLED)
+        t_end = ll.llama_time_us()
+        texts = [PyUnicode_DecodeUTF8(job.texts[i].data(), job.texts[i].size(), "replace")
+                 for i in range(n)]
+        per_prompt = [_prompt_stats(job, i) for i in range(n)]
+        gen = np.empty(n, dtype=np.int32)
+        ptoks = np.empty(n, dtype=np.int32)
+        for i in range(n):
+            gen[i] = job.n_generated[i]
+            ptoks[i] = <int32_t>job.prompts[i].size()
+        stats = BatchStats(
+            prompts=n,
+            prompt_tokens=ptoks,
+            completion_tokens=gen,
+            finish_reasons=[_FINISH_NAMES[job.finish[i]] for i in range(n)],
+            decodes=job.n_decodes,
+            n_parallel=<int>job.slots.size(),
+            ms=(t_end - t0) / 1000.0,
+        )
+        self.last_batch_stats = stats
+        return texts, per_prompt
+    finally:
+        job.free_samplers()
+        with nogil:
+            ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
+        self._abort = 0
+        self._leave()
+        if bar is not None:
+            bar.close()
+        _drain_log()
