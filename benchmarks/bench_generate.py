@@ -49,7 +49,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -60,6 +59,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import build_native  # noqa: E402
 from _cpu import Interference, print_system, wait_quiet  # noqa: E402
+from _step_process import StepProcess  # noqa: E402
 
 import llama_cython as llama  # noqa: E402
 
@@ -90,34 +90,13 @@ def c_args(params: dict[str, Any]) -> list[str]:
     return args
 
 
-class CLoop:
+class CLoop(StepProcess):
     """The reference loop as a subprocess that runs one repeat per request."""
 
     def __init__(self, exe: Path, model: Path, prompt: str, n: int, threads: int, n_ctx: int,
                  params: dict[str, Any], max_repeats: int) -> None:
-        cmd = [str(exe), "-m", str(model), "-p", prompt, "-n", str(n), "-t", str(threads),
-               "-c", str(n_ctx), "-r", str(max_repeats), "--step", *c_args(params)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1)
-
-    def run(self) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write("\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()   # blocks until the repeat is done: nothing overlaps
-        if not line:
-            err = self.proc.stderr.read() if self.proc.stderr else ""
-            raise RuntimeError(f"the C loop exited ({self.proc.wait()}): {err.strip()}")
-        return json.loads(line)
-
-    def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        super().__init__([str(exe), "-m", str(model), "-p", prompt, "-n", str(n), "-t", str(threads),
+                          "-c", str(n_ctx), "-r", str(max_repeats), "--step", *c_args(params)])
 
 
 CALLS = ("generate", "stream")

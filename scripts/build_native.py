@@ -30,6 +30,7 @@ def _known_sources(source_dir: Path) -> dict[str, Path]:
         "c-generate-loop": ROOT / "benchmarks" / "native" / "generate_loop.cpp",
         "c-embed-loop": ROOT / "benchmarks" / "native" / "embed_loop.cpp",
         "c-tokenize-loop": ROOT / "benchmarks" / "native" / "tokenize_loop.cpp",
+        "c-batch-loop": ROOT / "benchmarks" / "native" / "batch_loop.cpp",
     }
 
 

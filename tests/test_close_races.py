@@ -247,6 +247,10 @@ ENTRIES = [
       lambda c, h, w: stream_text(c.chat_stream(MESSAGES, template=TEMPLATE,
                                                 template_kwargs={"hook": no_hook}, **GEN), h),
       lambda r: r == EXPECT["chat"], ("stream",)),
+    e("Context.generate_batch", "ctx+model:gen",
+      lambda c, h, w: c.generate_batch(hooked([PROMPT, PROMPT], h) if w == "input" else [PROMPT, PROMPT],
+                                       progress=(lambda n: h()) if w == "progress" else None, **GEN),
+      lambda r: r == [EXPECT["generate"]] * 2, ("input", "progress")),
     e("Context.get_logits", "ctx+model:gen", lambda c, h, w: c.get_logits(),
       lambda r: r.shape == (EXPECT_N_VOCAB,) and bool(np.isfinite(r).all())),
     e("Context.clear_cache", "ctx+model:gen", lambda c, h, w: c.clear_cache(), lambda r: r is None),
@@ -416,6 +420,8 @@ for r in table:
     print(f"{r['name']:{width}}  {r['before']:13} {'; '.join(r['during']) or '-':36} {free}")
 print(f"{len(table)} entry points in {time.perf_counter() - t0:.1f} s", flush=True)
 if failures:
+    for f in failures:                 # last, so that the test's output tail shows them
+        print("FAIL", f, flush=True)
     sys.exit(1)
 print("OK", flush=True)
 '''

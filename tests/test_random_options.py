@@ -202,6 +202,7 @@ def attempt(label, fn, check=None):
 gen_ctx = smol.new_context(n_ctx=256, n_threads=1)
 emb_ctx = mini.new_context(embeddings=True, n_threads=1)
 tok_ctx = mini.new_context(embeddings=True, pooling="none", n_threads=1)
+batch_ctx = smol.new_context(n_ctx=512, n_parallel=2, n_threads=1)
 STREAM_ENDS = ["close", "cancel", "unfinished", "drop", "exhaust", "with"]
 BUSY_CALLS = {
     "generate": lambda: gen_ctx.generate("Hi", max_tokens=1),
@@ -351,6 +352,14 @@ for i in range(calls):
             with smol.new_context(**{"n_threads": 1, "n_ctx": 256, **kw}) as c:
                 c.generate("Hi", max_tokens=2, temperature=0)
         attempt(f"new_context {kw!r}", make)
+    elif kind == 1 and rng.random() < 0.3:
+        kw, batch = sampling(4), [pick(PROMPTS, BAD_PROMPTS) for _ in range(rng.randrange(4))]
+        if rng.random() < 0.5:
+            kw["progress"] = rng.choice([True, False, None, lambda n: None, lambda n: batch_ctx.cancel(),
+                                         "no", 3])
+        attempt(f"generate_batch {batch!r:.80} {kw!r}",
+                lambda kw=kw: batch_ctx.generate_batch(batch, **kw),
+                lambda r: isinstance(r, list) and len(r) == len(batch))
     elif kind == 1:
         kw, prompt = sampling(4), pick(PROMPTS, BAD_PROMPTS)
         attempt(f"generate {prompt!r:.40} {kw!r}", lambda kw=kw: gen_ctx.generate(prompt, **kw),
@@ -384,12 +393,14 @@ for i in range(calls):
         iter_embeddings_case(i)
     else:
         state_case(i)
-    assert not (gen_ctx.busy or emb_ctx.busy or tok_ctx.busy), f"call {i} left a context busy"
+    assert not (gen_ctx.busy or emb_ctx.busy or tok_ctx.busy or batch_ctx.busy), \
+        f"call {i} left a context busy"
 
 assert gen_ctx.generate("Hello", max_tokens=2, temperature=0) is not None
 assert isinstance(gen_ctx.chat([{"role": "user", "content": "Hi"}], max_tokens=2).content, str)
 assert "".join(gen_ctx.generate_stream("Hello", max_tokens=2)) is not None
 assert gen_ctx.get_logits().shape == (smol.n_vocab,)
+assert len(batch_ctx.generate_batch(["Hello", "World"], max_tokens=2)) == 2
 assert emb_ctx.get_embeddings_batch(["still fine"]).shape == (1, mini.n_embd)
 assert len(tok_ctx.get_token_embeddings(["still fine"])) == 1
 blocks = emb_ctx.iter_embeddings(["a", "b", "c"], chunk_size=2)
