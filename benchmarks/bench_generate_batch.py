@@ -186,9 +186,11 @@ def main(argv: list[str] | None = None) -> int:
                                prefix_caching=False) as ctx:
             ctx.generate(prompts[0], max_tokens=4, temperature=0)
             t = time.perf_counter()
-            texts = [ctx.generate(p, max_tokens=args.max_tokens, temperature=0) for p in prompts]
+            texts, n_gen = [], 0
+            for p in prompts:
+                texts.append(ctx.generate(p, max_tokens=args.max_tokens, temperature=0))
+                n_gen += ctx.last_stats.completion_tokens
             dt = time.perf_counter() - t
-            n_gen = sum(len(model.tokenize(x, add_special=False)) for x in texts)
         serial["generate_tps"] = sum(1 for _ in texts) and n_gen / dt
         serial["generate_same_texts"] = texts == reference_texts
         say(f"serial generate: {serial['generate_tps']:.1f} tok/s (texts equal to the batch's: "

@@ -27,6 +27,7 @@ _load_core()
 
 from llama_cython import models  # noqa: E402
 from llama_cython._core import (  # noqa: E402
+    BatchGenerationStream,
     Context,
     GenerationStream,
     Model,
@@ -64,6 +65,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AllocationError",
     "AsyncGenerationStream",
+    "BatchGenerationStream",
     "BatchStats",
     "ChatMessage",
     "ChatResponse",

@@ -785,13 +785,29 @@ cdef class Context:
         ...                    temperature=0)                                  # doctest: +SKIP
         [' Paris.', ' 4']
         """
-        items = _text_tuple(prompts, "use generate(prompt) for one")
-        for k in range(len(items)):
-            if not isinstance(items[k], str):
-                raise TypeError(f"prompts[{k}] must be a str, got {type(items[k]).__name__}")
+        items = _prompt_items(prompts)
         texts, _ = _generate_batch(self, items, max_tokens, stop, progress, sampling,
                                    [True] * len(items))
         return texts
+
+    def generate_batch_stream(self, prompts, *, max_tokens=128, stop=None, progress=None,
+                              **sampling):
+        """Like :meth:`generate_batch`, with the text as it is made: a
+        :class:`BatchGenerationStream` of ``(index, piece)`` tuples.
+
+        Pieces of different prompts interleave as the batch decodes them; the pieces of one
+        index add up to its text from :meth:`generate_batch` (same options, same seed). The
+        context is busy until the stream is exhausted or closed; closing it early (or
+        ``stream.cancel()``, ``ctx.cancel()`` from another thread) ends every unfinished prompt
+        as ``"cancelled"``, and ``stream.stats`` / ``ctx.last_batch_stats`` say so.
+
+        >>> texts = {}                                                       # doctest: +SKIP
+        >>> for i, piece in ctx.generate_batch_stream(prompts, max_tokens=32):  # doctest: +SKIP
+        ...     texts[i] = texts.get(i, "") + piece
+        """
+        items = _prompt_items(prompts)
+        return _start_batch(self, items, max_tokens, stop, progress, sampling,
+                            [True] * len(items), True)
 
     def chat_batch(self, conversations, *, max_tokens=512, stop=None, template=None,
                    template_kwargs=None, add_generation_prompt=True, progress=None, **sampling):
@@ -834,6 +850,15 @@ cdef class Context:
         it has, with ``finish_reason == "cancelled"``.
         """
         self._abort = 1
+
+
+cdef tuple _prompt_items(object prompts):
+    """``prompts`` as a tuple of str (one-dimensional; each item checked by index)."""
+    items = _text_tuple(prompts, "use generate(prompt) for one")
+    for k in range(len(items)):
+        if not isinstance(items[k], str):
+            raise TypeError(f"prompts[{k}] must be a str, got {type(items[k]).__name__}")
+    return items
 
 
 cdef _drive_callback(GenerationStream stream, object callback):

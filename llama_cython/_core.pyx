@@ -60,6 +60,7 @@ from llama_cython.includes cimport ggml
 from llama_cython.includes cimport llama as ll
 
 import atexit
+import collections
 import logging
 import os
 import re

@@ -29,6 +29,7 @@ cdef inline uint32_t _derived_seed(uint32_t seed, uint32_t i) noexcept nogil:
 
 
 @cython.final
+@cython.auto_pickle(False)
 cdef class _BatchJob:
     """The state of one generate_batch call, C++ containers only (used without the GIL)."""
 
@@ -59,6 +60,7 @@ cdef class _BatchJob:
     cdef Py_ssize_t n_done
     cdef int64_t n_decodes
     cdef int32_t rc
+    cdef vector[int32_t] touched     # prompts whose text grew or that ended in the last step
 
     def __dealloc__(self):
         self.free_samplers()
@@ -73,6 +75,7 @@ cdef class _BatchJob:
     cdef int _end(self, size_t s, int why) except -1 nogil:
         """Prompt of slot ``s`` is done: record why, free its cells and its sampler."""
         cdef _BatchSlot * slot = &self.slots[s]
+        self.touched.push_back(slot.prompt)
         self.finish[slot.prompt] = why
         self.t_end[slot.prompt] = ll.llama_time_us()
         ll.llama_memory_seq_rm(self.mem, <ll.llama_seq_id>s, -1, -1)
@@ -162,6 +165,7 @@ cdef class _BatchJob:
         if ll.llama_vocab_is_eog(self.vocab, tok):
             return self._end(s, FINISH_STOP)
         self.n_generated[i] += 1
+        self.touched.push_back(i)
         self.out_tokens[i].push_back(tok)
         before = self.texts[i].size()
         _append_piece(self.vocab, tok, &self.texts[i], False)
@@ -182,6 +186,7 @@ cdef class _BatchJob:
         cdef size_t s
         cdef int32_t used
         cdef _BatchSlot * slot
+        self.touched.clear()
         if self.abort[0] or native_stopping():
             return 2
         self._admit()
@@ -207,17 +212,19 @@ cdef class _BatchJob:
                 self._sample(s)
         return 1 if self.n_done < <Py_ssize_t>self.prompts.size() else 0
 
-    cdef void end_all(self, int why) noexcept nogil:
+    cdef int end_all(self, int why) except -1 nogil:
         """Mark every prompt that has not ended (running or never admitted) with ``why``."""
         cdef size_t s
         cdef Py_ssize_t i
         for s in range(self.slots.size()):
             if self.slots[s].prompt >= 0:
                 self.finish[self.slots[s].prompt] = why
+                self.touched.push_back(self.slots[s].prompt)
                 self.slots[s].prompt = -1
         for i in range(self.next_prompt, <Py_ssize_t>self.prompts.size()):
             self.finish[i] = why
         self.next_prompt = <Py_ssize_t>self.prompts.size()
+        return 0
 
 
 cdef object _prompt_stats(_BatchJob job, Py_ssize_t i):
@@ -250,16 +257,211 @@ cdef size_t _find_stop_in(const string * text, const vector[string] * stops, siz
     return best
 
 
-cdef object _generate_batch(Context self, object prompts, object max_tokens, object stop,
-                            object progress, dict sampling, object add_special_flags):
-    """Run a batch to the end; (texts, stats). ``prompts`` is a tuple of str, already checked."""
-    cdef Py_ssize_t n = len(prompts), i
-    cdef int status = 1
+cdef size_t _shown_end_of(const string * text, size_t emitted, const vector[string] * stops,
+                          size_t max_stop, bint ended) noexcept nogil:
+    """How far a prompt's text may be shown: not into a possible stop string or a half UTF-8
+    character, unless it has ended (then all of it)."""
+    cdef size_t n = text.size(), end = n, k, i
+    if ended:
+        return n
+    if max_stop > 1:
+        k = max_stop - 1
+        if k > n - emitted:
+            k = n - emitted
+        while k > 0 and end == n:
+            for i in range(stops.size()):
+                if stops[0][i].size() > k and \
+                        memcmp(text.data() + n - k, stops[0][i].data(), k) == 0:
+                    end = n - k
+                    break
+            k -= 1
+    return _utf8_complete_end(text, emitted, end)
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class BatchGenerationStream:
+    """The pieces of a batch as they are made: an iterator of ``(index, piece)`` tuples.
+
+    Made by :meth:`Context.generate_batch_stream`. ``index`` is the prompt's position in the
+    input; each piece is whole UTF-8 and holds no part of a stop string, and the pieces of one
+    index add up to what :meth:`Context.generate_batch` returns for it. The context is busy
+    until the stream is exhausted or closed (``close()``, ``with``, or dropping it); closing
+    early ends every unfinished prompt as ``"cancelled"``. ``cancel()`` works from any thread.
+    """
+
+    cdef Context ctx
+    cdef _BatchJob job
+    cdef vector[size_t] emitted
+    cdef object ready            # deque of (index, piece) not handed out yet
+    cdef object progress
+    cdef object bar
+    cdef int status              # job.step()'s last return; 1 while running
+    cdef bint released
+    cdef bint busy
+    cdef bint pieces             # compute pieces (the stream) or only run (generate_batch)
+    cdef int hold
+    cdef Py_ssize_t done
+    cdef int64_t t0
+    cdef int64_t mark
+    cdef object _stats
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("BatchGenerationStream cannot be created directly; "
+                        "use ctx.generate_batch_stream()")
+
+    def __dealloc__(self):
+        if not self.released and self.ctx is not None:
+            self.released = True
+            if self.job is not None:
+                self.job.free_samplers()
+            ll.llama_memory_clear(ll.llama_get_memory(self.ctx._ctx), True)
+            self.ctx._leave()
+
+    cdef int _step(self) except -1:
+        """One decode (without the GIL), then the new pieces into ``ready``."""
+        cdef size_t j, end
+        cdef int32_t i
+        cdef int status
+        if self.hold == _HOLD_STREAM:
+            _native_begin()
+        self.busy = True
+        try:
+            with nogil:
+                try:
+                    status = self.job.step()
+                finally:
+                    if self.hold == _HOLD_STREAM:
+                        native_end()
+        finally:
+            self.busy = False
+        self.status = status
+        if self.progress is not None and self.job.n_done > self.done:
+            n, self.done = self.job.n_done - self.done, self.job.n_done
+            self.progress(n)
+        if status == 2:
+            self.job.end_all(FINISH_CANCELLED)
+        if self.pieces:
+            for j in range(self.job.touched.size()):
+                i = self.job.touched[j]
+                end = _shown_end_of(&self.job.texts[i], self.emitted[i], &self.job.stops,
+                                    self.job.max_stop, self.job.finish[i] != FINISH_RUNNING)
+                if end > self.emitted[i]:
+                    self.ready.append((i, PyUnicode_DecodeUTF8(
+                        self.job.texts[i].data() + self.emitted[i], end - self.emitted[i], "replace")))
+                    self.emitted[i] = end
+        return 0
+
+    cdef _finish(self):
+        """Record the stats and hand the context back (idempotent; released first)."""
+        if self.released:
+            return
+        self.released = True
+        cdef Py_ssize_t i, n = self.job.prompts.size()
+        try:
+            if self.status == 1:
+                self.job.end_all(FINISH_CANCELLED)
+            self.job.free_samplers()
+            with nogil:
+                ll.llama_memory_clear(ll.llama_get_memory(self.ctx._ctx), True)
+            gen = np.empty(n, dtype=np.int32)
+            ptoks = np.empty(n, dtype=np.int32)
+            for i in range(n):
+                gen[i] = self.job.n_generated[i]
+                ptoks[i] = <int32_t>self.job.prompts[i].size()
+            self._stats = BatchStats(
+                prompts=n, prompt_tokens=ptoks, completion_tokens=gen,
+                finish_reasons=[_FINISH_NAMES[self.job.finish[i]] for i in range(n)],
+                decodes=self.job.n_decodes, n_parallel=<int>self.job.slots.size(),
+                ms=(ll.llama_time_us() - self.t0) / 1000.0)
+            self.ctx.last_batch_stats = self._stats
+        finally:
+            self.ctx._abort = 0
+            self.ctx._leave()
+            if self.bar is not None:
+                self.bar.close()
+            _drain_log()
+
+    cdef int _run(self) except -1:
+        """Step until a piece is ready or the batch has ended (then finish)."""
+        if self.busy:
+            raise ContextBusyError("this batch stream is already being advanced by another thread")
+        try:
+            while self.status == 1 and not self.ready:
+                self._step()
+                PyErr_CheckSignals()       # Ctrl-C between two decodes
+        except BaseException:
+            self._finish()
+            raise
+        if self.status != 1:
+            self._finish()
+            if self.status == -2:
+                raise _decode_error(self.job.rc, "generate_batch", self.job.n_ctx_seq, self.mark)
+        return 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if not self.ready and not self.released:
+            self._run()
+        if self.ready:
+            return self.ready.popleft()
+        raise StopIteration
+
+    def cancel(self):
+        """Stop within one decode (safe from any thread); unfinished prompts end as cancelled."""
+        if not self.released:
+            self.ctx._abort = 1
+
+    def close(self):
+        """End the batch now and hand the context back. Idempotent."""
+        if self.released:
+            return
+        if self.busy:
+            self.ctx._abort = 1
+            return
+        self._finish()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    @property
+    def closed(self):
+        return self.released
+
+    @property
+    def stats(self):
+        """The :class:`BatchStats` once the batch has ended; else ``None``."""
+        return self._stats
+
+    def texts(self):
+        """Every prompt's text so far, in input order (all of it once the batch has ended)."""
+        return [PyUnicode_DecodeUTF8(self.job.texts[i].data(), self.job.texts[i].size(), "replace")
+                for i in range(<Py_ssize_t>self.job.prompts.size())]
+
+    def _per_prompt_stats(self):
+        return [_prompt_stats(self.job, i) for i in range(<Py_ssize_t>self.job.prompts.size())]
+
+    def __repr__(self):
+        state = "open" if not self.released else "ended"
+        return f"<llama_cython.BatchGenerationStream {self.job.prompts.size()} prompts, {state}>"
+
+
+cdef BatchGenerationStream _start_batch(Context self, object prompts, object max_tokens, object stop,
+                                        object progress, dict sampling, object add_special_flags,
+                                        bint pieces):
+    """Check everything, take the context, tokenize every prompt; decode nothing."""
+    cdef Py_ssize_t n = len(prompts)
     cdef _BatchJob job = _BatchJob.__new__(_BatchJob)
+    cdef BatchGenerationStream bs = BatchGenerationStream.__new__(BatchGenerationStream)
     cdef _SamplingParams sp
     cdef int32_t[::1] iv
     cdef const int64_t[::1] cv
-    cdef int64_t at = 0, t0, t_first = 0
+    cdef int64_t at = 0
     cdef size_t s
     _check_int(max_tokens, "max_tokens", 1, INT32_MAX)
     cdef list stops = _stop_list(stop)
@@ -267,12 +469,16 @@ cdef object _generate_batch(Context self, object prompts, object max_tokens, obj
     sp = _sampling_params(kw)
     if kw["seed"] is None:
         sp.seed = <uint32_t>(int.from_bytes(os.urandom(4), "little") % 0xFFFFFFFE)
-    bar = None
     if progress is True:
         tqdm = require("tqdm.auto", "progress=True (or pass a callable)").tqdm
     elif progress is not None and progress is not False and not callable(progress):
         raise TypeError(f"progress must be callable or a bool, got {type(progress).__name__}")
-    self._enter()          # counted as native work too (interpreter exit waits for it)
+    hold = _HOLD_CALL if not pieces else _HOLD_STREAM
+    self._enter(hold)
+    bs.released = True          # until the stream owns the context, its dealloc hands back nothing
+    bs.ctx = self
+    bs.job = job
+    bs.hold = hold
     try:
         if ll.llama_get_memory(self._ctx) == NULL:
             raise ContextError("this model computes embeddings only (it has no KV cache and no "
@@ -280,14 +486,13 @@ cdef object _generate_batch(Context self, object prompts, object max_tokens, obj
         job.n_ctx_seq = ll.llama_n_ctx_seq(self._ctx)
         # parse_special as in generate: chat markers in a prompt are tokens
         items = tuple(_text_bytes(p, f"prompts[{k}]") for k, p in enumerate(prompts))
-        buf = _TextBuffers(items, True, "strict", INT32_MAX)
         flags = set(add_special_flags)
         job.prompts.resize(n)
         for add_special in flags:
             _check_specials(self.model, add_special)
             part = [k for k in range(n) if add_special_flags[k] == add_special]
-            sub = buf if len(flags) == 1 else _TextBuffers(tuple(items[k] for k in part), True,
-                                                          "strict", INT32_MAX)
+            sub = _TextBuffers(items if len(flags) == 1 else tuple(items[k] for k in part), True,
+                               "strict", INT32_MAX)
             counts, ids = _tokenize_buffers(self.model, sub, add_special, True,
                                             _batch_threads(None, sub.total, len(part)), True)
             cv = counts
@@ -306,6 +511,8 @@ cdef object _generate_batch(Context self, object prompts, object max_tokens, obj
             job.stops.push_back(<string>b)
             if len(<bytes>b) > job.max_stop:
                 job.max_stop = len(<bytes>b)
+        if sp.repeat_last_n < 0 or sp.repeat_last_n > job.n_ctx_seq:
+            sp.repeat_last_n = job.n_ctx_seq
         job.ctx = self._ctx
         job.vocab = self.model._vocab
         job.batch = self._batch
@@ -316,9 +523,6 @@ cdef object _generate_batch(Context self, object prompts, object max_tokens, obj
         job.n_vocab = self.model._n_vocab
         job.n_batch = ll.llama_n_batch(self._ctx)
         job.max_tokens = max_tokens
-        if sp.repeat_last_n < 0 or sp.repeat_last_n > job.n_ctx_seq:
-            sp.repeat_last_n = job.n_ctx_seq
-            job.sp = sp
         job.texts.resize(n)
         job.out_tokens.resize(n)
         job.t_admit.resize(n, 0)
@@ -330,7 +534,6 @@ cdef object _generate_batch(Context self, object prompts, object max_tokens, obj
         for s in range(job.slots.size()):
             job.slots[s].prompt = -1
             job.slots[s].smpl = NULL
-        mark = _log_mark()
         with nogil:
             if sp.ignore_eos:
                 _eog_ban(job.vocab, job.n_vocab, &job.ban)
@@ -338,52 +541,31 @@ cdef object _generate_batch(Context self, object prompts, object max_tokens, obj
         self._kv.clear()
         self._kv_exact = 0
         self._logits_ok = False
+        bs.emitted.resize(n, 0)
+        bs.ready = collections.deque()
+        bs.pieces = pieces
+        bs.status = 1 if n else 0
+        bs.mark = _log_mark()
         if progress is True:
-            bar = tqdm(total=n, unit="prompt")
-            progress = bar.update
-        elif progress is False:
-            progress = None
-        t0 = ll.llama_time_us()
-        done = 0
-        while status == 1:
-            with nogil:
-                status = job.step()
-            if t_first == 0:
-                t_first = ll.llama_time_us()
-            if progress is not None and job.n_done > done:
-                progress(job.n_done - done)
-                done = job.n_done
-            PyErr_CheckSignals()      # Ctrl-C between two decodes
-        if status == -2:
-            raise _decode_error(job.rc, "generate_batch", job.n_ctx_seq, mark)
-        if status == 2:
-            job.end_all(FINISH_CANCELLED)
-        t_end = ll.llama_time_us()
-        texts = [PyUnicode_DecodeUTF8(job.texts[i].data(), job.texts[i].size(), "replace")
-                 for i in range(n)]
-        per_prompt = [_prompt_stats(job, i) for i in range(n)]
-        gen = np.empty(n, dtype=np.int32)
-        ptoks = np.empty(n, dtype=np.int32)
-        for i in range(n):
-            gen[i] = job.n_generated[i]
-            ptoks[i] = <int32_t>job.prompts[i].size()
-        stats = BatchStats(
-            prompts=n,
-            prompt_tokens=ptoks,
-            completion_tokens=gen,
-            finish_reasons=[_FINISH_NAMES[job.finish[i]] for i in range(n)],
-            decodes=job.n_decodes,
-            n_parallel=<int>job.slots.size(),
-            ms=(t_end - t0) / 1000.0,
-        )
-        self.last_batch_stats = stats
-        return texts, per_prompt
-    finally:
+            bs.bar = tqdm(total=n, unit="prompt")
+            progress = bs.bar.update
+        bs.progress = progress if progress is not False else None
+        bs.t0 = ll.llama_time_us()
+    except BaseException:
         job.free_samplers()
-        with nogil:
-            ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
-        self._abort = 0
         self._leave()
-        if bar is not None:
-            bar.close()
-        _drain_log()
+        raise
+    bs.released = False
+    return bs
+
+
+cdef object _generate_batch(Context self, object prompts, object max_tokens, object stop,
+                            object progress, dict sampling, object add_special_flags):
+    """Run a batch to the end; (texts, per-prompt GenerationStats)."""
+    cdef BatchGenerationStream bs = _start_batch(self, prompts, max_tokens, stop, progress,
+                                                 sampling, add_special_flags, False)
+    try:
+        bs._run()
+    finally:
+        bs._finish()
+    return bs.texts(), bs._per_prompt_stats()

@@ -202,3 +202,42 @@ def test_gemma_batches_give_whole_answers(gemma):
     assert len(texts) == 6 and all(isinstance(t, str) for t in texts)
     assert set(st.finish_reasons) <= {"stop", "length"}
     assert all(0 < n <= 12 for n in st.completion_tokens)
+
+
+def test_the_stream_yields_pieces_that_add_up_to_the_batch(smol, solo):
+    with smol.new_context(n_ctx=2048, n_parallel=8) as ctx:
+        texts: dict[int, str] = {}
+        order = []
+        with ctx.generate_batch_stream(PROMPTS, stop="\n\n", **OPTS) as stream:
+            assert isinstance(stream, llama.BatchGenerationStream)
+            with pytest.raises(llama.ContextBusyError, match="stream"):
+                ctx.generate("x", max_tokens=1)
+            for i, piece in stream:
+                assert isinstance(i, int) and piece
+                texts[i] = texts.get(i, "") + piece
+                order.append(i)
+        assert stream.closed and stream.stats.prompts == len(PROMPTS)
+        expected = ctx.generate_batch(PROMPTS, stop="\n\n", **OPTS)
+    assert [texts.get(i, "") for i in range(len(PROMPTS))] == expected
+    assert order != sorted(order)          # pieces of different prompts interleave
+
+
+def test_closing_the_stream_early_cancels_and_frees_the_context(smol, solo):
+    with smol.new_context(n_ctx=2048, n_parallel=4) as ctx:
+        stream = ctx.generate_batch_stream(PROMPTS, **OPTS)
+        got: dict[int, str] = {}
+        for i, piece in stream:
+            got[i] = got.get(i, "") + piece
+            if len(got) == 2:
+                break
+        stream.close()
+        reasons = stream.stats.finish_reasons
+        assert "cancelled" in reasons and ctx.last_batch_stats is stream.stats
+        for i, t in got.items():
+            assert solo[i].startswith(t)
+        assert ctx.generate_batch(PROMPTS[:2], **OPTS) == solo[:2]
+        dropped = ctx.generate_batch_stream(PROMPTS, **OPTS)
+        next(dropped)
+        del dropped                        # garbage: the context is handed back
+        assert not ctx.busy
+        assert ctx.generate(PROMPTS[0], **OPTS) == solo[0]
