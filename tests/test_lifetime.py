@@ -115,7 +115,7 @@ def test_entering_a_closed_object_raises(own_model):
 # Attributes that stay readable after close(), like a closed file's ``name`` and ``closed``.
 CONTEXT_READABLE_AFTER_CLOSE = {"closed", "model", "close", "last_stats", "cancel",
                                 "kv_cache_type", "flash_attn", "prefix_caching", "cached_tokens",
-                                "last_embedding_stats", "busy"}
+                                "last_embedding_stats", "last_batch_stats", "busy"}
 _HI = [{"role": "user", "content": "Hi"}]
 CONTEXT_CALLS = {
     "generate": lambda c: c.generate("Hi", max_tokens=2, temperature=0.0),
@@ -133,6 +133,9 @@ CONTEXT_CALLS = {
     "get_embeddings_batch": lambda c: c.get_embeddings_batch(["Hi"]),
     "iter_embeddings": lambda c: c.iter_embeddings(["Hi"]),
     "get_token_embeddings": lambda c: c.get_token_embeddings(["Hi"]),
+    "generate_batch": lambda c: c.generate_batch(["Hi"], max_tokens=2),
+    "generate_batch_stream": lambda c: c.generate_batch_stream(["Hi"], max_tokens=2),
+    "chat_batch": lambda c: c.chat_batch([_HI], max_tokens=2),
 }
 MODEL_READABLE_AFTER_CLOSE = {"closed", "close", "path", "vocab_only"}
 MODEL_CALLS = {
