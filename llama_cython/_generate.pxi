@@ -139,6 +139,39 @@ cdef size_t _utf8_complete_end(const string * text, size_t start, size_t end) no
 
 
 @cython.final
+cdef size_t _find_stop_in(const string * text, const vector[string] * stops, size_t max_stop,
+                          size_t start) noexcept nogil:
+    """Earliest position of a stop string in ``text`` that ends after ``start``; npos if none."""
+    cdef size_t best = <size_t>-1, pos, i
+    cdef size_t frm = start - (max_stop - 1) if start >= max_stop - 1 else 0
+    for i in range(stops.size()):
+        pos = text.find(stops[0][i], frm)
+        if pos < best:
+            best = pos
+    return best
+
+
+cdef size_t _shown_end_of(const string * text, size_t emitted, const vector[string] * stops,
+                          size_t max_stop, bint ended) noexcept nogil:
+    """How far a prompt's text may be shown: not into a possible stop string or a half UTF-8
+    character, unless it has ended (then all of it)."""
+    cdef size_t n = text.size(), end = n, k, i
+    if ended:
+        return n
+    if max_stop > 1:
+        k = max_stop - 1
+        if k > n - emitted:
+            k = n - emitted
+        while k > 0 and end == n:
+            for i in range(stops.size()):
+                if stops[0][i].size() > k and \
+                        memcmp(text.data() + n - k, stops[0][i].data(), k) == 0:
+                    end = n - k
+                    break
+            k -= 1
+    return _utf8_complete_end(text, emitted, end)
+
+
 @cython.no_gc_clear
 cdef class GenerationStream:
     """Text as it is generated: an iterator of ``str`` pieces.
@@ -191,13 +224,7 @@ cdef class GenerationStream:
 
     cdef size_t _find_stop(self, size_t start) noexcept nogil:
         """Earliest position of a stop string that ends after ``start``; npos if none."""
-        cdef size_t best = <size_t>-1, pos, i
-        cdef size_t frm = start - (self.max_stop - 1) if start >= self.max_stop - 1 else 0
-        for i in range(self.stops.size()):
-            pos = self.text.find(self.stops[i], frm)
-            if pos < best:
-                best = pos
-        return best
+        return _find_stop_in(&self.text, &self.stops, self.max_stop, start)
 
     cdef int _take_signal(self) except -1:
         """With the GIL: run Python's signal handlers; keep what they raise for _run."""
@@ -210,21 +237,8 @@ cdef class GenerationStream:
 
     cdef size_t _shown_end(self) noexcept nogil:
         """How far the text may be shown now: not into a possible stop string or a half character."""
-        cdef size_t n = self.text.size(), end = n, k, i
-        if self.g.finish != FINISH_RUNNING:
-            return n
-        if self.max_stop > 1:
-            k = self.max_stop - 1
-            if k > n - self.emitted:
-                k = n - self.emitted
-            while k > 0 and end == n:
-                for i in range(self.stops.size()):
-                    if self.stops[i].size() > k and \
-                            memcmp(self.text.data() + n - k, self.stops[i].data(), k) == 0:
-                        end = n - k
-                        break
-                k -= 1
-        return _utf8_complete_end(&self.text, self.emitted, end)
+        return _shown_end_of(&self.text, self.emitted, &self.stops, self.max_stop,
+                             self.g.finish != FINISH_RUNNING)
 
     cdef int _step(self) except -1 nogil:
         """Decode the pending token, sample the next, record it. 0 once generation ended; C++

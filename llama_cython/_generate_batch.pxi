@@ -245,39 +245,7 @@ cdef object _prompt_stats(_BatchJob job, Py_ssize_t i):
     )
 
 
-cdef size_t _find_stop_in(const string * text, const vector[string] * stops, size_t max_stop,
-                          size_t start) noexcept nogil:
-    """Earliest position of a stop string in ``text`` that ends after ``start``; npos if none."""
-    cdef size_t best = <size_t>-1, pos, i
-    cdef size_t frm = start - (max_stop - 1) if start >= max_stop - 1 else 0
-    for i in range(stops.size()):
-        pos = text.find(stops[0][i], frm)
-        if pos < best:
-            best = pos
-    return best
-
-
-cdef size_t _shown_end_of(const string * text, size_t emitted, const vector[string] * stops,
-                          size_t max_stop, bint ended) noexcept nogil:
-    """How far a prompt's text may be shown: not into a possible stop string or a half UTF-8
-    character, unless it has ended (then all of it)."""
-    cdef size_t n = text.size(), end = n, k, i
-    if ended:
-        return n
-    if max_stop > 1:
-        k = max_stop - 1
-        if k > n - emitted:
-            k = n - emitted
-        while k > 0 and end == n:
-            for i in range(stops.size()):
-                if stops[0][i].size() > k and \
-                        memcmp(text.data() + n - k, stops[0][i].data(), k) == 0:
-                    end = n - k
-                    break
-            k -= 1
-    return _utf8_complete_end(text, emitted, end)
-
-
+@cython.no_gc_clear          # its dealloc hands the context back: ctx must survive a cycle's clear
 @cython.final
 @cython.auto_pickle(False)
 cdef class BatchGenerationStream:

@@ -241,3 +241,19 @@ def test_closing_the_stream_early_cancels_and_frees_the_context(smol, solo):
         del dropped                        # garbage: the context is handed back
         assert not ctx.busy
         assert ctx.generate(PROMPTS[0], **OPTS) == solo[0]
+
+
+def test_a_stream_dropped_in_a_reference_cycle_hands_the_context_back(smol):
+    import gc
+
+    def start_and_drop(ctx):
+        box: list[object] = []
+        stream = ctx.generate_batch_stream(PROMPTS[:3], progress=lambda n: box, **OPTS)
+        box.append(stream)                 # stream -> progress -> box -> stream
+        next(stream)
+
+    with smol.new_context(n_ctx=1024, n_parallel=2) as ctx:
+        start_and_drop(ctx)
+        gc.collect()
+        assert not ctx.busy
+        assert ctx.generate_batch(PROMPTS[:1], **OPTS)

@@ -265,6 +265,22 @@ def test_ctrl_c_interrupts_generate_and_leaves_the_context_usable():
     """))
 
 
+def test_ctrl_c_interrupts_generate_batch_and_leaves_the_context_usable():
+    run_child(textwrap.dedent("""
+    m = llama.load_model(smol_path)
+    ctx = m.new_context(n_ctx=4096, n_parallel=4, n_threads=1)
+    prompts = [f"Story number {i}:" for i in range(64)]
+    """) + INTERRUPT.replace(
+        "CALL", "ctx.generate_batch(prompts, max_tokens=1000, ignore_eos=True, temperature=0)")
+        + textwrap.dedent("""
+    st = ctx.last_batch_stats
+    assert st is None or "cancelled" in st.finish_reasons, st
+    assert not ctx.busy
+    assert ctx.generate_batch(["Hello", "World"], max_tokens=2, temperature=0)
+    print("OK")
+    """))
+
+
 def test_ctrl_c_interrupts_batch_embeddings():
     run_child(textwrap.dedent("""
     m = llama.load_model(llama.models.model_path("all-minilm-l6-v2"))
