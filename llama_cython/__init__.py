@@ -33,6 +33,7 @@ from llama_cython._core import (  # noqa: E402
     Model,
     load_model,
     max_devices,
+    quantize_model,
     supports_gpu_offload,
 )
 from llama_cython.chat import ChatMessage  # noqa: E402
@@ -98,6 +99,7 @@ __all__ = [
     "load_model",
     "max_devices",
     "models",
+    "quantize_model",
     "supports_gpu_offload",
     "system_info",
 ]

@@ -475,6 +475,66 @@ cdef class Context:
         from llama_cython.streaming import AsyncGenerationStream
         return AsyncGenerationStream(_start_generation(self, prompt, True, max_tokens, stop, sampling))
 
+    # -- speculative decoding ---------------------------------------------------------------
+
+    def generate_with_draft(self, prompt, draft, *, n_draft=16, adaptive=True, max_tokens=128,
+                            stop=None, **sampling):
+        """Like :meth:`generate`, faster: ``draft`` proposes tokens, this model checks them in
+        one decode (speculative decoding). The text is what :meth:`generate` gives.
+
+        Parameters
+        ----------
+        prompt : str
+            The text to continue, as for :meth:`generate`.
+        draft : Context or "prompt"
+            A context of a smaller model with the same vocabulary (checked: a draft whose
+            tokens mean other things is refused with ``OptionError``); it is busy during the
+            call. Or ``"prompt"``: prompt lookup, no second model. The tokens that followed
+            the latest earlier occurrence of the text's last few tokens (2 to 8, longest
+            first; prompt and output) are proposed. It pays where the answer copies its input:
+            extraction, quoting, summaries, code edits.
+        n_draft : int
+            Most tokens proposed per step (1-64).
+        adaptive : bool
+            Choose each step's draft length from this generation's own measurements
+            (acceptance at each draft position, decode time by batch size), drafting nothing
+            when drafting does not pay. ``False`` always drafts ``n_draft`` tokens (prompt
+            lookup: as many as it finds), as llama.cpp's example does.
+        max_tokens, stop, temperature, top_k, top_p, min_p, typical_p, repetition_penalty,
+        repeat_last_n, presence_penalty, frequency_penalty, ignore_eos, seed
+            As for :meth:`generate`.
+
+        Notes
+        -----
+        Every token is sampled from this model's own distribution at its position, as
+        :meth:`generate` samples it; a drafted token is kept only when it is the token sampled.
+        Greedy output (``temperature=0``) is therefore :meth:`generate`'s, up to the rounding
+        of batched arithmetic (see the guide); with sampling the text has the same
+        distribution. ``ctx.last_stats`` counts ``draft_tokens``, ``accepted_tokens`` and
+        ``decodes`` (``acceptance_rate``, ``tokens_per_decode``).
+
+        Examples
+        --------
+        >>> draft_ctx = small_model.new_context(n_ctx=2048)                   # doctest: +SKIP
+        >>> ctx.generate_with_draft("The capital of France is", draft_ctx,
+        ...                         max_tokens=32, temperature=0)             # doctest: +SKIP
+        >>> ctx.generate_with_draft(document + "\nQuote the title:", "prompt")  # doctest: +SKIP
+        """
+        return _start_generation(self, prompt, True, max_tokens, stop, sampling,
+                                 draft, n_draft, adaptive)._run_to_end()
+
+    def generate_with_draft_stream(self, prompt, draft, *, n_draft=16, adaptive=True,
+                                   max_tokens=128, stop=None, callback=None, **sampling):
+        """:meth:`generate_with_draft` as a :class:`GenerationStream` (see
+        :meth:`generate_stream`): pieces come as drafts are accepted, several tokens at once."""
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        cdef GenerationStream stream = _start_generation(self, prompt, True, max_tokens, stop,
+                                                         sampling, draft, n_draft, adaptive)
+        if callback is not None:
+            _drive_callback(stream, callback)
+        return stream
+
     # -- chat -------------------------------------------------------------------------------
 
     cdef GenerationStream _start_chat(self, object messages, object template, object template_kwargs,

@@ -47,7 +47,7 @@ from cpython.ref cimport PyObject, Py_DECREF
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.math cimport INFINITY, isfinite, sqrt
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t, INT32_MAX, INT32_MIN
-from libc.string cimport memcmp, memcpy, memset
+from libc.string cimport memcmp, memcpy, memset, strcmp
 from libcpp cimport bool as cppbool
 from libcpp.deque cimport deque
 from libcpp.mutex cimport mutex
@@ -95,12 +95,14 @@ include "_options.pxi"
 include "_texts.pxi"
 include "_gguf_check.pxi"
 include "_model.pxi"
+include "_quantize.pxi"
 include "_tokens.pxi"
 include "_token_batch.pxi"
 include "_vocab.pxi"
 include "_context.pxi"
 include "_sampler.pxi"
 include "_generate.pxi"
+include "_speculative.pxi"
 include "_generate_batch.pxi"
 include "_embed.pxi"
 

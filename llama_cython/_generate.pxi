@@ -207,15 +207,19 @@ cdef class GenerationStream:
     cdef int64_t mark
     cdef object _stats
     cdef object _interrupt       # the exception a signal handler raised during a step (Ctrl-C)
+    cdef _Speculator spec        # speculative decoding (generate_with_draft); None otherwise
+    cdef int32_t n_decodes       # decodes after the prompt's
 
     def __init__(self, *args, **kwargs):
         raise TypeError("GenerationStream cannot be created directly; use ctx.generate_stream()")
 
     def __dealloc__(self):
-        # Quiet: free C memory and hand the context back; no stats, no exceptions.
+        # Quiet: free C memory and hand the contexts back; no stats, no exceptions.
         if self.g.smpl != NULL:
             ll.llama_sampler_free(self.g.smpl)
             self.g.smpl = NULL
+        if self.spec is not None:
+            self.spec.release()
         if not self.released and self.ctx is not None:
             self.released = True
             self.ctx._leave()
@@ -245,7 +249,7 @@ cdef class GenerationStream:
         exceptions from llama.cpp propagate (-1)."""
         cdef _GenLoop * g = &self.g
         cdef ll.llama_token tok
-        cdef size_t before, cut
+        cdef int64_t t0
         if g.abort[0] or native_stopping():
             g.finish = FINISH_CANCELLED
             return 0
@@ -253,12 +257,26 @@ cdef class GenerationStream:
             g.finish = FINISH_CANCELLED
             return 0
         if self.has_pending:
+            if self.spec is not None:
+                return self._spec_step()
             self.has_pending = False
             if _decode_tokens(g, &self.pending, 1):
                 g.finish = FINISH_CANCELLED if g.rc == 2 else FINISH_ERROR
                 return 0
+            self.n_decodes += 1
         # Valid: the last decode marked its last token as an output (llama.cpp asserts that).
         tok = ll.llama_sampler_sample(g.smpl, g.ctx, -1)
+        if not self._emit(tok):
+            return 0
+        self.pending = tok
+        self.has_pending = True
+        return 1
+
+    cdef int _emit(self, ll.llama_token tok) except -1 nogil:
+        """Record a sampled token: its text, stop strings, limits. 0 when it ends generation
+        (an end-of-generation token is not recorded), else 1."""
+        cdef _GenLoop * g = &self.g
+        cdef size_t before, cut
         if ll.llama_vocab_is_eog(g.vocab, tok):
             g.finish = FINISH_STOP
             return 0
@@ -275,9 +293,83 @@ cdef class GenerationStream:
         if g.n_generated >= g.max_tokens or <int32_t>g.kv.size() >= g.n_ctx:
             g.finish = FINISH_LENGTH
             return 0
-        self.pending = tok
-        self.has_pending = True
         return 1
+
+    cdef int _spec_step(self) except -1 nogil:
+        """One speculative step: draft k tokens after the pending one, decode the pending token
+        and the draft in one batch, sample the target at each position as plain generation
+        would, keep the drafted tokens up to the first it disagrees with.
+
+        ``pending`` is counted in n_generated already, and every position decoded here needs a
+        place in the context: so at most max_tokens - n_generated - 1 tokens are drafted, and
+        no more than the context and n_batch have room for.
+        """
+        cdef _GenLoop * g = &self.g
+        cdef int32_t n_kv = <int32_t>g.kv.size(), k_cap, k, i, j = 0, idx
+        cdef ll.llama_token tok
+        cdef ll.llama_pos pos
+        cdef int64_t t0
+        cdef bint going = True
+        k_cap = g.max_tokens - g.n_generated - 1
+        if k_cap > g.n_ctx - n_kv - 1:
+            k_cap = g.n_ctx - n_kv - 1
+        if k_cap > g.n_batch - 1:
+            k_cap = g.n_batch - 1
+        self.spec.d.owner = g.owner
+        k = self.spec.propose(g.kv, self.pending, self.spec.choose(k_cap))
+        ll.llama_batch_ext_clear(g.batch)
+        for i in range(k + 1):
+            idx = ll.llama_batch_ext_add_token(g.batch, 0, self.pending if i == 0 else self.spec.out[i - 1])
+            if idx < 0:
+                g.rc = -1
+                _forget_kv(g)
+                g.finish = FINISH_ERROR
+                return 0
+            pos = n_kv + i
+            ll.llama_batch_ext_set_pos(g.batch, idx, &pos)
+            ll.llama_batch_ext_set_output_logits(g.batch, idx, True)
+        t0 = ll.llama_time_us()
+        g.rc = ll.llama_process(g.ctx, ll.LLAMA_PROCESS_TYPE_DECODE, g.batch)
+        if g.rc != 0:
+            _forget_kv(g)
+            g.finish = FINISH_CANCELLED if g.rc == 2 else FINISH_ERROR
+            return 0
+        self.spec.record_decode(k + 1, ll.llama_time_us() - t0)
+        self.n_decodes += 1
+        g.kv.push_back(self.pending)
+        self.has_pending = False
+        for i in range(k + 1):
+            tok = ll.llama_sampler_sample(g.smpl, g.ctx, i)
+            if not self._emit(tok):
+                going = False
+                break
+            if i < k and tok == self.spec.out[i]:
+                g.kv.push_back(tok)       # the draft token, decoded at its place: kept
+                j += 1
+                continue
+            self.pending = tok
+            self.has_pending = True
+            break
+        if k > 0:
+            self.spec.record_verdict(k, j)
+        # The rejected draft tokens leave the cache; so do accepted ones after a stop.
+        g.logits_ok = j == k and going
+        if not _keep_prefix(g, <int32_t>g.kv.size()):
+            self._rebuild_kv()
+        return 1 if going else 0
+
+    cdef int _rebuild_kv(self) except -1 nogil:
+        """Decode the recorded tokens again into an emptied cache (after a sliding window lost
+        positions to rejected draft tokens; rare)."""
+        cdef _GenLoop * g = &self.g
+        cdef vector[ll.llama_token] toks = g.kv[0]
+        ll.llama_memory_clear(ll.llama_get_memory(g.ctx), True)
+        g.kv.clear()
+        g.kv_exact[0] = 0
+        g.logits_ok = False
+        if toks.size() and _decode_tokens(g, toks.data(), <int32_t>toks.size()):
+            g.finish = FINISH_CANCELLED if g.rc == 2 else FINISH_ERROR
+        return 0
 
     cdef int _start_prompt(self) except -1 nogil:
         """Reuse the cached prefix (or clear the cache), then decode the rest of the prompt.
@@ -432,7 +524,14 @@ cdef class GenerationStream:
             finish_reason=_FINISH_NAMES[g.finish],
             tokens=ids,
             cached_tokens=self.n_reuse,
+            decodes=self.n_decodes,
+            draft_tokens=self.spec.drafted if self.spec is not None else 0,
+            accepted_tokens=self.spec.accepted if self.spec is not None else 0,
         )
+        if self.spec is not None:
+            self.spec.release()
+            if self.spec.kind == SPEC_MODEL:
+                self.spec.draft._logits_ok = False
         self.ctx.last_stats = self._stats
         self.ctx.cached_tokens = self.n_reuse
         self.ctx._logits_ok = g.logits_ok
@@ -543,10 +642,12 @@ cdef dict _sampling_kwargs(dict given):
 
 
 cdef GenerationStream _start_generation(Context self, object prompt, bint add_special,
-                                        object max_tokens, object stop, dict sampling):
+                                        object max_tokens, object stop, dict sampling,
+                                        object draft=None, object n_draft=16, object adaptive=True):
     """Check everything, take the context, tokenize and plan the prefix reuse; decode nothing.
 
-    The returned stream owns the context until it is finished or closed.
+    The returned stream owns the context (and the draft context, with ``draft``) until it is
+    finished or closed.
     """
     self._check_open()
     cdef bytes data = _text_bytes(prompt, "prompt") if isinstance(prompt, str) else None
@@ -572,6 +673,8 @@ cdef GenerationStream _start_generation(Context self, object prompt, bint add_sp
             # BERT-like models have no KV cache and no logits: llama_sampler_sample would abort.
             raise ContextError("this model computes embeddings only (it has no KV cache and no "
                                "logits); it cannot generate")
+        if draft is not None:
+            s.spec = _make_speculator(self, draft, n_draft, adaptive)
         s.mark = _log_mark()
         n_ctx = ll.llama_n_ctx_seq(self._ctx)
         n = <int32_t>min(_min_tokens(self.model, len(data)), <int64_t>INT32_MAX)
@@ -587,6 +690,10 @@ cdef GenerationStream _start_generation(Context self, object prompt, bint add_sp
         if n_prompt > n_ctx:
             raise ContextSizeError(
                 f"prompt is {n_prompt} tokens, longer than the context ({n_ctx} tokens)")
+        if s.spec is not None and s.spec.kind == SPEC_MODEL and n_prompt >= s.spec.d.n_ctx:
+            raise ContextSizeError(
+                f"prompt is {n_prompt} tokens; the draft context holds {s.spec.d.n_ctx}: give "
+                "the draft a context as long as the target's")
         toks = prompt_ids
         s.prompt.assign(&toks[0], &toks[0] + n_prompt)
         for b in stops:
@@ -627,6 +734,8 @@ cdef GenerationStream _start_generation(Context self, object prompt, bint add_sp
             sp.repeat_last_n = n_ctx
         s.g.smpl = _build_sampler(&sp, self.model._vocab, self.model._n_vocab)
     except BaseException:
+        if s.spec is not None:
+            s.spec.release()
         self._leave()
         raise
     finally:

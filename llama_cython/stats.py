@@ -18,6 +18,10 @@ class GenerationStats:
     (an end-of-generation token or a stop string), ``"length"`` (``max_tokens`` reached or the
     context is full) or ``"cancelled"``; ``cached_tokens`` is how many prompt tokens were taken
     from the KV cache (prefix caching) instead of being decoded again.
+
+    ``decodes`` counts the model's decode calls after the prompt's: one per token in plain
+    generation, fewer with speculative decoding (:meth:`Context.generate_with_draft`), where
+    ``draft_tokens`` tokens were proposed and ``accepted_tokens`` of them kept.
     """
 
     prompt_tokens: int
@@ -27,6 +31,20 @@ class GenerationStats:
     finish_reason: str
     tokens: npt.NDArray[np.int32] = field(repr=False)
     cached_tokens: int = 0
+    decodes: int = 0
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        """The share of drafted tokens the model kept (0.0 when nothing was drafted)."""
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
+
+    @property
+    def tokens_per_decode(self) -> float:
+        """Generated tokens per decode after the prompt: 1.0 in plain generation (a little less,
+        the last token needs none), more when drafts are accepted."""
+        return self.completion_tokens / self.decodes if self.decodes else 0.0
 
     @property
     def tokens_per_second(self) -> float:

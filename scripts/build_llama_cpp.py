@@ -455,6 +455,30 @@ def build(portable: bool | None = None) -> LlamaBuild:
     )
 
 
+def build_tool(target: str) -> Path:
+    """Build one of llama.cpp's own programs (``llama-speculative-simple``, ``llama-perplexity``...)
+    from the pinned tree, for the benchmarks and tests that compare against it; return its path.
+
+    These need llama.cpp's ``common`` library, which the extension never links, so they get a
+    build folder of their own (``build/tools-<key>``, the native CPU options, incremental: a
+    second target reuses what the first built). The first build takes minutes on two cores.
+    """
+    source = ensure_llama_cpp()
+    _name, opts, _ = variant_plan(False)[-1]
+    opts = {**_base_options(), **opts, "LLAMA_BUILD_COMMON": "ON", "LLAMA_BUILD_EXAMPLES": "ON",
+            "LLAMA_BUILD_TOOLS": "ON"}
+    key = _key(f"tools:{load_pin()['sha256']}", opts, ())
+    bdir = cache_dir() / "build" / f"tools-{key}"
+    exe = bdir / "bin" / target
+    cmake = _cmake()
+    _configure(cmake, source, bdir, opts)
+    jobs = os.environ.get("LLAMA_CYTHON_JOBS") or str(os.cpu_count() or 2)
+    _run([cmake, "--build", str(bdir), "--target", target, "-j", jobs], env=_build_env())
+    if not exe.is_file():
+        raise RuntimeError(f"{target} was not produced in {bdir}")
+    return exe
+
+
 def link_args(b: LlamaBuild, variant: CpuVariant | None = None) -> list[str]:
     """Flags that link a C++ program or module against the static build of ``variant``."""
     args = ["-Wl,--start-group", *map(str, b.static_libs(variant)), "-Wl,--end-group"]

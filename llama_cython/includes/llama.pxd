@@ -40,6 +40,17 @@ cdef extern from "llama.h" nogil:
         llama_token token
         float bias
 
+    ctypedef struct llama_token_data:
+        llama_token id
+        float logit
+        float p
+
+    ctypedef struct llama_token_data_array:
+        llama_token_data * data
+        size_t size
+        int64_t selected
+        bint sorted
+
     enum llama_vocab_type:
         LLAMA_VOCAB_TYPE_NONE
         LLAMA_VOCAB_TYPE_SPM
@@ -153,6 +164,20 @@ cdef extern from "llama.h" nogil:
     int32_t llama_model_n_layer(const llama_model * model)
     int32_t llama_model_n_head(const llama_model * model)
     int32_t llama_model_n_swa(const llama_model * model)
+
+    # quantization (the fields llama_cython sets; the rest keep their defaults)
+    enum llama_ftype:
+        LLAMA_FTYPE_ALL_F32
+    ctypedef struct llama_model_quantize_params:
+        int32_t nthread
+        llama_ftype ftype
+        bint allow_requantize
+        bint quantize_output_tensor
+    llama_model_quantize_params llama_model_quantize_default_params()
+    uint32_t llama_model_quantize(const char * fname_inp, const char * fname_out,
+                                  const llama_model_quantize_params * params) except +raise_cpp_error
+    bint llama_model_is_recurrent(const llama_model * model)
+    bint llama_model_is_hybrid(const llama_model * model)
     int32_t llama_model_meta_count(const llama_model * model)
     int32_t llama_model_meta_key_by_index(const llama_model * model, int32_t i, char * buf, size_t buf_size)
     int32_t llama_model_meta_val_str_by_index(const llama_model * model, int32_t i, char * buf, size_t buf_size)
@@ -256,6 +281,8 @@ cdef extern from "llama.h" nogil:
     llama_sampler * llama_sampler_init_penalties(int32_t n_vocab, int32_t penalty_last_n, float penalty_repeat,
                                                  float penalty_freq, float penalty_present) except +raise_cpp_error
     llama_token llama_sampler_sample(llama_sampler * smpl, llama_context * ctx, int32_t idx) except +raise_cpp_error
+    void llama_sampler_apply(llama_sampler * smpl, llama_token_data_array * cur_p) except +raise_cpp_error
+    void llama_sampler_accept(llama_sampler * smpl, llama_token token) except +raise_cpp_error
     void llama_sampler_reset(llama_sampler * smpl)
     void llama_sampler_free(llama_sampler * smpl)
 
