@@ -4,12 +4,14 @@ core to another process stalls at every barrier)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import final
 
-__all__ = ["Interference", "wait_quiet"]
+__all__ = ["Interference", "add_interference_options", "wait_quiet", "warn_if_busy"]
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -78,6 +80,26 @@ def wait_quiet(max_wait: float) -> None:
         time.sleep(0.3)
         if (_busy_ticks() - b0) <= 0.05 * (time.perf_counter() - t0) * _TICK * (os.cpu_count() or 1):
             return
+
+
+def add_interference_options(ap: argparse.ArgumentParser, unit: str, during: str) -> None:
+    """``--max-foreign`` and ``--quiet-wait``, for a benchmark that runs a ``unit`` ("pair",
+    "round", "call") again when others took the CPUs ``during`` it (with :class:`Interference`)
+    and then waits for idle CPUs (:func:`wait_quiet`)."""
+    ap.add_argument("--max-foreign", type=float, default=0.05,
+                    help=f"run a {unit} again when other processes took more than this share of the "
+                         f"CPUs during {during} (default 0.05)")
+    ap.add_argument("--quiet-wait", type=float, default=10.0,
+                    help=f"after a disturbed {unit}, wait up to this many seconds for idle CPUs")
+
+
+def warn_if_busy(say: Callable[[str], None]) -> float:
+    """Say so when the load average is over half the CPUs; return the load average."""
+    load = os.getloadavg()[0]
+    if load > 0.5 * (os.cpu_count() or 1):
+        say(f"warning: load average {load:.2f} on {os.cpu_count()} CPUs: the machine is busy, "
+            "timings will be noisy (ggml's thread barriers suffer badly from sharing cores)")
+    return load
 
 
 def print_system() -> str:

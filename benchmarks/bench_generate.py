@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -58,7 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import build_native  # noqa: E402
-from _cpu import Interference, print_system, wait_quiet  # noqa: E402
+from _cpu import Interference, add_interference_options, print_system, wait_quiet, warn_if_busy  # noqa: E402
 from _step_process import StepProcess  # noqa: E402
 
 import llama_cython as llama  # noqa: E402
@@ -262,11 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-ctx", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per side and mode")
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls per side and mode first")
-    ap.add_argument("--max-foreign", type=float, default=0.05,
-                    help="run a pair again when other processes took more than this share of the "
-                         "CPUs during one of its calls (default 0.05)")
-    ap.add_argument("--quiet-wait", type=float, default=10.0,
-                    help="after a disturbed pair, wait up to this many seconds for idle CPUs")
+    add_interference_options(ap, "pair", "one of its calls")
     ap.add_argument("--modes", default="greedy,sampling", help="comma-separated: greedy,sampling")
     ap.add_argument("--calls", default="generate,stream",
                     help="comma-separated, ours measured as: generate (ctx.generate), stream "
@@ -285,10 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     def say(msg: str) -> None:
         print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
 
-    load = os.getloadavg()[0]
-    if load > 0.5 * (os.cpu_count() or 1):
-        say(f"warning: load average {load:.2f} on {os.cpu_count()} CPUs: the machine is busy, "
-            "timings will be noisy (ggml's thread barriers suffer badly from sharing cores)")
+    load = warn_if_busy(say)
 
     model_file = llama.models.model_path(args.model)
     exe = build_reference()

@@ -61,7 +61,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _cpu import Interference, print_system, wait_quiet
+from _cpu import Interference, add_interference_options, print_system, wait_quiet, warn_if_busy
 
 import llama_cython as llama
 
@@ -257,11 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=48,
                     help="tokens of the second turn's answer (compared across sides; default 48)")
     ap.add_argument("--first-tokens", type=int, default=16, help="tokens of the first turn's answer")
-    ap.add_argument("--max-foreign", type=float, default=0.05,
-                    help="run a round again when other processes took more than this share of the "
-                         "CPUs during one of its second turns (default 0.05)")
-    ap.add_argument("--quiet-wait", type=float, default=10.0,
-                    help="after a disturbed round, wait up to this many seconds for idle CPUs")
+    add_interference_options(ap, "round", "one of its second turns")
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead")
     args = ap.parse_args(argv)
     system = print_system()
@@ -269,10 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     def say(msg: str) -> None:
         print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
 
-    load = os.getloadavg()[0]
-    if load > 0.5 * (os.cpu_count() or 1):
-        say(f"warning: load average {load:.2f} on {os.cpu_count()} CPUs: the machine is busy, "
-            "timings will be noisy (ggml's thread barriers suffer badly from sharing cores)")
+    load = warn_if_busy(say)
 
     model_file = llama.models.model_path(args.model)
     model = llama.load_model(str(model_file))

@@ -510,8 +510,14 @@ cdef class Context:
         :meth:`generate` samples it; a drafted token is kept only when it is the token sampled.
         Greedy output (``temperature=0``) is therefore :meth:`generate`'s, up to the rounding
         of batched arithmetic (see the guide); with sampling the text has the same
-        distribution. ``ctx.last_stats`` counts ``draft_tokens``, ``accepted_tokens`` and
-        ``decodes`` (``acceptance_rate``, ``tokens_per_decode``).
+        distribution. With a draft model and ``temperature > 0`` a drafted token x is kept with
+        probability min(1, p(x)/q(x)) (p: this model's distribution, q: the draft's) and
+        otherwise replaced by a draw from max(0, p - q): the standard rule, which keeps p and
+        accepts more than drawing from p and comparing. ``seed`` makes sampled text repeat
+        with prompt lookup, and with a draft model when ``adaptive=False`` (adaptive draft
+        lengths follow timings, and the rule draws where it drafts).
+        ``ctx.last_stats`` counts ``draft_tokens``, ``accepted_tokens`` and ``decodes``
+        (``acceptance_rate``, ``tokens_per_decode``).
 
         Examples
         --------

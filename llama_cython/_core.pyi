@@ -57,6 +57,14 @@ class SamplingOptions(TypedDict, total=False):
 def llama_system_info() -> str: ...
 def supports_gpu_offload() -> bool: ...
 def max_devices() -> int: ...
+def quantize_model(
+    src: _Path,
+    dst: _Path,
+    ftype: str,
+    *,
+    allow_requantize: bool = False,
+    n_threads: int | None = None,
+) -> None: ...
 def load_model(
     path: _Path,
     *,
@@ -252,6 +260,16 @@ class Context:
         self, prompt: str, *, max_tokens: int = 128, stop: _Stop = None,
         **sampling: Unpack[SamplingOptions],
     ) -> AsyncGenerationStream: ...
+    def generate_with_draft(
+        self, prompt: str, draft: Context | Literal["prompt"], *, n_draft: int = 16,
+        adaptive: bool = True, max_tokens: int = 128, stop: _Stop = None,
+        **sampling: Unpack[SamplingOptions],
+    ) -> str: ...
+    def generate_with_draft_stream(
+        self, prompt: str, draft: Context | Literal["prompt"], *, n_draft: int = 16,
+        adaptive: bool = True, max_tokens: int = 128, stop: _Stop = None,
+        callback: _Callback | None = None, **sampling: Unpack[SamplingOptions],
+    ) -> GenerationStream: ...
     def chat(
         self, messages: _Messages, *, max_tokens: int = 512, stop: _Stop = None,
         template: str | None = None, template_kwargs: Mapping[str, Any] | None = None,

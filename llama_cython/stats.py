@@ -106,7 +106,9 @@ class BatchStats:
     ``prompt_tokens`` and ``completion_tokens`` are int32 arrays in input order;
     ``finish_reasons`` says for each prompt ``"stop"``, ``"length"`` or ``"cancelled"`` (a
     prompt never started counts as cancelled); ``decodes`` is the number of llama.cpp decode
-    calls the whole batch took, ``n_parallel`` how many sequences could be decoded at once.
+    calls the whole batch took, ``n_parallel`` how many sequences could be decoded at once;
+    ``cached_tokens`` (int32, input order) counts each prompt's leading tokens that were copied
+    from another sequence sharing them instead of being decoded again.
     """
 
     prompts: int
@@ -116,6 +118,13 @@ class BatchStats:
     decodes: int
     n_parallel: int
     ms: float
+    cached_tokens: npt.NDArray[np.int32] = field(
+        default_factory=lambda: np.zeros(0, dtype=np.int32), repr=False)
+
+    @property
+    def reused_tokens(self) -> int:
+        """Prompt tokens taken from a shared prefix instead of decoded, over the whole batch."""
+        return int(self.cached_tokens.sum())
 
     @property
     def total_completion_tokens(self) -> int:

@@ -10,11 +10,13 @@ llama.cpp build and rebuilt when their source or the libraries change.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -34,18 +36,25 @@ def _known_sources(source_dir: Path) -> dict[str, Path]:
     }
 
 
-def build_program_quietly(name: str) -> Path:
-    """:func:`build_program` with the build tools' output sent to stderr, so that a benchmark's
-    stdout holds only its results."""
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout (file descriptor 1: child processes too) to stderr
+    inside the block, so that a benchmark's stdout holds only its results."""
     sys.stdout.flush()
     saved = os.dup(1)
     os.dup2(2, 1)
     try:
-        return build_program(name)
+        yield
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def build_program_quietly(name: str) -> Path:
+    """:func:`build_program` with the build tools' output sent to stderr."""
+    with stdout_to_stderr():
+        return build_program(name)
 
 
 def build_program(name: str, source: Path | None = None) -> Path:

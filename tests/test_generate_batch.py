@@ -257,3 +257,69 @@ def test_a_stream_dropped_in_a_reference_cycle_hands_the_context_back(smol):
         gc.collect()
         assert not ctx.busy
         assert ctx.generate_batch(PROMPTS[:1], **OPTS)
+
+
+# Shared prefixes: a system prompt (or few-shot block) common to many prompts is decoded once;
+# the other sequences get its KV cells with llama_memory_seq_cp.
+SYSTEM = ("<|im_start|>system\nYou are a careful assistant for a public library. Answer in one "
+          "short sentence, name a source when you can, and say so plainly when you do not "
+          "know.<|im_end|>\n")
+QUESTIONS = ["When does the library open?", "Can I renew a book online?",
+             "What is a library card?", "How many books can I borrow?",
+             "Is there a reading room?", "Do you lend e-books?", "Who was Dewey?",
+             "What is an ISBN?"]
+SHARED = [f"{SYSTEM}<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n" for q in QUESTIONS]
+
+
+@pytest.fixture(scope="module")
+def shared_solo(smol):
+    with smol.new_context(n_ctx=1024, prefix_caching=False) as ctx:
+        return [ctx.generate(p, **OPTS) for p in SHARED + PROMPTS[:4]]
+
+
+@pytest.mark.parametrize("n_parallel", [4, 16])
+def test_shared_prefixes_are_decoded_once_and_change_no_text(smol, shared_solo, n_parallel):
+    prompts = SHARED + PROMPTS[:4]
+    n_system = len(smol.tokenize(SYSTEM, parse_special=True))
+    with smol.new_context(n_ctx=256 * n_parallel, n_parallel=n_parallel) as ctx:
+        texts = ctx.generate_batch(prompts, **OPTS)
+        st = ctx.last_batch_stats
+        assert texts == shared_solo
+        # every shared prompt but the first of each wave copied at least the system prompt
+        copied = st.cached_tokens[: len(SHARED)]
+        assert (copied >= n_system).sum() >= len(SHARED) - 2
+        assert (st.cached_tokens[len(SHARED):] == 0).all()
+        assert st.reused_tokens == int(st.cached_tokens.sum()) > 0
+        assert (st.cached_tokens < st.prompt_tokens).all()
+    with smol.new_context(n_ctx=256 * n_parallel, n_parallel=n_parallel,
+                          prefix_caching="off") as ctx:
+        assert ctx.generate_batch(prompts, **OPTS) == shared_solo
+        assert ctx.last_batch_stats.reused_tokens == 0
+
+
+def test_shared_prefix_stats_per_prompt_in_the_stream(smol, shared_solo):
+    with smol.new_context(n_ctx=1024, n_parallel=4) as ctx:
+        with ctx.generate_batch_stream(SHARED[:4], **OPTS) as stream:
+            pieces: dict[int, str] = {}
+            for i, piece in stream:
+                pieces[i] = pieces.get(i, "") + piece
+        assert [pieces.get(i, "") for i in range(4)] == shared_solo[:4]
+        assert ctx.last_batch_stats.reused_tokens > 0
+
+
+def test_gemma_shares_a_prefix_longer_than_its_sliding_window(gemma):
+    """Gemma 3's sliding window is 512 tokens: a 700-token shared prefix is copied whole or,
+    where the donor has already let go of cells the copy needs, decoded again. Either way the
+    answers are the model's: compared with each prompt decoded alone (batching changes
+    Gemma's rounding, so a late token may differ; the start of every answer may not)."""
+    text = " ".join(f"Rule {i}: shelve book {i} on shelf {i % 9}." for i in range(45))
+    prompts = [f"{text}\nQuestion: where is book {k}? Answer:" for k in (3, 17, 29, 42)]
+    with gemma.new_context(n_ctx=1024 * 4, n_parallel=4) as ctx:
+        texts = ctx.generate_batch(prompts, max_tokens=8, temperature=0)
+        st = ctx.last_batch_stats
+    assert len(gemma.tokenize(text)) > 600
+    assert st.reused_tokens > 600
+    with gemma.new_context(n_ctx=2048, prefix_caching=False) as ctx:
+        solo = [ctx.generate(p, max_tokens=8, temperature=0) for p in prompts]
+    for got, want in zip(texts, solo):
+        assert got[:6] == want[:6], (got, want)

@@ -136,6 +136,8 @@ CONTEXT_CALLS = {
     "generate_batch": lambda c: c.generate_batch(["Hi"], max_tokens=2),
     "generate_batch_stream": lambda c: c.generate_batch_stream(["Hi"], max_tokens=2),
     "chat_batch": lambda c: c.chat_batch([_HI], max_tokens=2),
+    "generate_with_draft": lambda c: c.generate_with_draft("Hi", "prompt", max_tokens=2),
+    "generate_with_draft_stream": lambda c: c.generate_with_draft_stream("Hi", "prompt", max_tokens=2),
 }
 MODEL_READABLE_AFTER_CLOSE = {"closed", "close", "path", "vocab_only"}
 MODEL_CALLS = {

@@ -1,9 +1,10 @@
 """Offline tests of llama_cython/models.py: no network, no compiled extension.
 
 models.py is loaded by file path, because importing the llama_cython package
-imports the compiled extension, which may not be built.  Only the last section
-reads the real converted all-MiniLM-L6-v2 GGUFs (fetched, and converted on first
-use, like the other real models of the suite).
+imports the compiled extension, which may not be built.  Only the last two
+sections use real models: the converted all-MiniLM-L6-v2 GGUFs (fetched, and
+converted on first use, like the other real models of the suite) and SmolLM2 at
+F32, derived from the cached Q4_1 file by the compiled extension in a child process.
 """
 
 from __future__ import annotations
@@ -87,6 +88,16 @@ def temp_leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
 
 
+def fetch_error_message(models: ModuleType, name: str) -> str:
+    """The message of model_path(name)'s ModelFetchError, once it is checked that the failed
+    fetch left nothing in the cache folder."""
+    with pytest.raises(models.ModelFetchError) as info:
+        models.model_path(name)
+    assert not (models.cache_dir() / models.KNOWN_MODELS[name].filename).exists()
+    assert temp_leftovers(models.cache_dir()) == []
+    return str(info.value)
+
+
 # --- the registry -----------------------------------------------------------
 
 
@@ -105,6 +116,12 @@ def test_registry_entries_are_well_formed(models: ModuleType) -> None:
         assert Path(source.filename).name == source.filename
         assert source.description
         assert source.license
+        if source.derive is not None:
+            # made from a model listed before it, not downloaded: no parts, no conversion
+            assert not source.parts
+            assert source.convert is None
+            assert source.derive.base in list(known)[: list(known).index(key)]
+            continue
         assert source.parts
         for requirement, member in source.parts:
             assert re.fullmatch(
@@ -188,6 +205,55 @@ def test_conversion_is_validated(models: ModuleType) -> None:
     with pytest.raises(ValueError, match="final '/'"):
         models.ModelSource(**{**source, "parts": (("pkg==1.0", "pkg/model/"),)})
     models.ModelSource(**{**source, "parts": (("pkg==1.0", "pkg/model"),)})
+
+
+SMOL_F32_SHA256 = "6532799f494167f79cf75f7de685ad44fe6a1fe1a9cd41d7a2cd9603e64d4b9b"
+SMOL_F32_SIZE = 539845696
+
+
+def test_registry_pins_derived_smollm_f32(models: ModuleType) -> None:
+    f32 = models.KNOWN_MODELS["smollm2-135m-instruct-f32"]
+    assert (f32.filename, f32.sha256) == ("SmolLM2-135M-Instruct.F32.gguf", SMOL_F32_SHA256)
+    assert f32.derive == models.Derivation(base="smollm2-135m-instruct", ftype="f32")
+    assert f32.parts == ()
+    assert f32.convert is None
+    assert f32.license == models.KNOWN_MODELS[f32.derive.base].license == "Apache-2.0"
+    # the models that are downloaded or converted are derived from nothing
+    assert [name for name, s in models.KNOWN_MODELS.items() if s.derive] == [f32.name]
+
+
+def test_derivation_is_validated(models: ModuleType) -> None:
+    models.Derivation("m", "f16")
+    for base, ftype in [("", "f32"), ("m", "F32"), ("m", "q4_k_m")]:
+        with pytest.raises(ValueError):
+            models.Derivation(base, ftype)
+    derived: dict[str, Any] = {
+        "name": "x",
+        "filename": "x.gguf",
+        "sha256": "a" * 64,
+        "parts": (),
+        "description": "d",
+        "license": "MIT",
+        "derive": models.Derivation("m", "f32"),
+    }
+    models.ModelSource(**derived)
+    conversion = models.Conversion("f16", "a" * 64, ("torch==2.13.0",))
+    for field, bad in [
+        ("parts", (("pkg==1.0", "pkg/x.gguf"),)),  # derived, so nothing to download
+        ("convert", conversion),
+        ("derive", models.Derivation("x", "f32")),  # from itself
+    ]:
+        with pytest.raises(ValueError, match=r"^x: "):
+            models.ModelSource(**{**derived, field: bad})
+    # a base must be a model listed before the derived one
+    base = models.ModelSource(
+        **{**derived, "name": "m", "parts": (("pkg==1.0", "pkg/x.gguf"),), "derive": None}
+    )
+    x = models.ModelSource(**derived)
+    models._check_bases({"m": base, "x": x})
+    for registry in ({"x": x}, {"x": x, "m": base}):
+        with pytest.raises(ValueError, match=r"^x: base 'm'"):
+            models._check_bases(registry)
 
 
 def test_model_source_is_frozen_and_validated(models: ModuleType) -> None:
@@ -678,17 +744,12 @@ def test_converted_output_with_wrong_hash_is_rejected(
 def test_converter_failure_is_a_fetch_error_with_output_tail(
     models: ModuleType, fake_hf: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    source, _ = fake_hf
     monkeypatch.setenv("FAKE_CONVERT_FAIL", "1")
-    with pytest.raises(models.ModelFetchError) as info:
-        models.model_path("fake-hf")
-    message = str(info.value)
+    message = fetch_error_message(models, "fake-hf")
     assert "convert_hf_to_gguf.py" in message
     assert "exit status 2" in message
     assert "the converter broke" in message
     assert "converter noise 0\n" not in message
-    assert not (models.cache_dir() / source.filename).exists()
-    assert temp_leftovers(models.cache_dir()) == []
 
 
 def test_missing_llama_cpp_fails_before_downloading(
@@ -827,6 +888,7 @@ def test_script_lists_models(run_script: RunScript, tmp_path: Path) -> None:
     assert "gemma-3-270m" in proc.stdout
     assert "all-minilm-l6-v2: all-MiniLM-L6-v2.F16.gguf" in proc.stdout
     assert "all-minilm-l6-v2-f32: all-MiniLM-L6-v2.F32.gguf" in proc.stdout
+    assert "smollm2-135m-instruct-f32: SmolLM2-135M-Instruct.F32.gguf" in proc.stdout
     assert str(tmp_path / "cli-cache") in proc.stdout
 
 
@@ -950,3 +1012,85 @@ def test_minilm_loads_with_the_extension(minilm: tuple[str, Path]) -> None:
         # WordPiece, lower-cased, with [CLS] ... [SEP]: what the Hugging Face tokenizer gives
         assert model.tokenize("Hello, World!").tolist() == [101, 7592, 1010, 2088, 999, 102]
         assert model.tokenize("unbelievable").tolist() == [101, 23653, 102]
+
+
+# --- the real SmolLM2 F32, derived from the Q4_1 file -------------------------
+
+
+@pytest.fixture
+def derive_cache(models: ModuleType, smol_path: Path) -> Path:
+    """The per-test cache folder holding (a link to) the real cached Q4_1 base model."""
+    folder: Path = models.cache_dir()
+    folder.mkdir(parents=True)
+    (folder / smol_path.name).symlink_to(smol_path)
+    return folder
+
+
+def test_smollm_f32_is_derived_verified_and_loads(
+    models: ModuleType, derive_cache: Path, smol: Any
+) -> None:
+    """The Q4_1 file (from the user's cache) dequantized by the built extension."""
+    llama = pytest.importorskip("llama_cython")
+    path = models.model_path("smollm2-135m-instruct-f32")
+    try:
+        assert path == derive_cache / "SmolLM2-135M-Instruct.F32.gguf"
+        assert path.stat().st_size == SMOL_F32_SIZE
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        assert digest.hexdigest() == SMOL_F32_SHA256
+        assert SMOL_F32_SHA256 in path.with_name(path.name + ".sha256").read_text()
+        assert temp_leftovers(derive_cache) == []
+        assert models.model_path("smollm2-135m-instruct-f32", download=False) == path
+        with llama.load_model(path) as model:
+            assert model.n_vocab == smol.n_vocab == 49152
+            assert model.n_params == smol.n_params
+            assert model.size > 4 * smol.size  # 32 bits a weight against about 5
+    finally:
+        path.unlink(missing_ok=True)  # not kept in pytest's temporary folders (540 MB)
+
+
+def test_missing_derived_model_without_download_derives_nothing(
+    models: ModuleType, derive_cache: Path
+) -> None:
+    with pytest.raises(FileNotFoundError, match=r"fetch_models\.py smollm2-135m-instruct-f32"):
+        models.model_path("smollm2-135m-instruct-f32", download=False)
+    assert sorted(p.name for p in derive_cache.iterdir()) == ["SmolLM2-135M-Instruct.Q4_1.gguf"]
+
+
+@pytest.fixture
+def fake_derived(models: ModuleType, fake_model: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A registry entry 'fake-derived' made from 'fake', whose PAYLOAD is no GGUF llama.cpp reads."""
+    source = models.ModelSource(
+        name="fake-derived",
+        filename="fake-derived.F32.gguf",
+        sha256="0" * 64,
+        parts=(),
+        description="test",
+        license="MIT",
+        derive=models.Derivation(base="fake", ftype="f32"),
+    )
+    monkeypatch.setitem(models.KNOWN_MODELS, "fake-derived", source)
+    write_cached(models, "fake.gguf", PAYLOAD)
+    return source
+
+
+def test_derivation_failure_is_a_fetch_error_with_output_tail(
+    models: ModuleType, fake_derived: Any
+) -> None:
+    pytest.importorskip("llama_cython")
+    message = fetch_error_message(models, "fake-derived")
+    assert "fake-derived: quantize_model(fake, 'f32') failed with exit status 1" in message
+    assert "ModelLoadError: corrupt or truncated GGUF file" in message  # the child's stderr
+
+
+def test_derivation_without_the_extension_says_to_build_it(
+    models: ModuleType, fake_derived: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the child's `import llama_cython` fails as it does when no compiled core is built
+    monkeypatch.setenv("LLAMA_CYTHON_CPU_VARIANT", "no-such-variant")
+    message = fetch_error_message(models, "fake-derived")
+    assert "fake-derived is derived from fake with the built extension" in message
+    assert "pip install -e ." in message
+    assert "cannot import llama_cython" in message
