@@ -24,6 +24,10 @@ worker subprocess. Figures: generated tokens / wall time of the call (prompt pro
 included; tokenization excluded for ours and the C loop alike, since ``last_batch_stats.ms``
 and the C loop's clock both start after it).
 
+Last, a batch whose 64 prompts share one ~150-token system prompt, run with the shared prefix
+copied between sequences (``prefix_caching="any"``) and with it decoded by every sequence
+(``"off"``), alternating: wall time of each and the tokens reused.
+
     .venv/bin/python benchmarks/bench_generate_batch.py
     .venv/bin/python benchmarks/bench_generate_batch.py --n-parallel 1,8 --repeats 3 --json
 """
@@ -91,6 +95,57 @@ class CBatchLoop(StepProcess):
         return r
 
 
+SHARED_SYSTEM = (
+    "<|im_start|>system\nYou are the help desk of a city library. The library opens Monday to "
+    "Friday from nine to eight and on Saturdays from ten to four; it is closed on Sundays and "
+    "public holidays. Members may borrow up to twelve books, four films and two games at a time, "
+    "for three weeks, and renew them twice online or at the desk unless another member has "
+    "reserved them. Membership is free for residents; visitors pay ten euros a year. Late "
+    "returns cost twenty cents a day per item. The reading room on the second floor is quiet; "
+    "group rooms can be booked for two hours. Answer in one or two sentences.<|im_end|>\n")
+SHARED_QUESTIONS = [
+    "When do you open on Saturday?", "How many books can I borrow?", "Can I renew online?",
+    "Is membership free?", "What does a late return cost?", "Where is the reading room?",
+    "Can I book a group room?", "Are you open on Sundays?", "How long is the loan period?",
+    "How many films can I borrow?", "Do visitors pay?", "Can I renew a reserved book?",
+    "How often can I renew?", "Is the reading room quiet?", "How long can I keep a group room?",
+    "When do you close on weekdays?",
+]
+
+
+def shared_prefix_run(model: Any, args: argparse.Namespace, say: Any) -> dict[str, Any]:
+    """The same batch (one system prompt, many questions) with the shared prefix copied between
+    sequences (``prefix_caching="any"``) and decoded by each (``"off"``), alternating."""
+    prompts = [f"{SHARED_SYSTEM}<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
+               for q in SHARED_QUESTIONS * 4]
+    n_par = 8
+    results: dict[str, list[float]] = {"shared": [], "unshared": []}
+    texts: dict[str, list[str]] = {}
+    reused = 0
+    for r in range(args.repeats):
+        for mode in (("shared", "unshared") if r % 2 == 0 else ("unshared", "shared")):
+            caching = "any" if mode == "shared" else "off"
+            with model.new_context(n_ctx=n_par * 512, n_batch=args.n_batch, n_parallel=n_par,
+                                   n_threads=args.threads, n_threads_batch=args.threads,
+                                   prefix_caching=caching) as ctx:
+                texts[mode] = ctx.generate_batch(prompts, max_tokens=32, temperature=0)
+                st = ctx.last_batch_stats
+                results[mode].append(st.ms)
+                if mode == "shared":
+                    reused = st.reused_tokens
+    row = {"prompts": len(prompts), "n_parallel": n_par,
+           "prompt_tokens": sum(len(model.tokenize(p, parse_special=True)) for p in prompts),
+           "reused_tokens": reused, "shared_ms": statistics.median(results["shared"]),
+           "unshared_ms": statistics.median(results["unshared"]),
+           "same_texts": texts["shared"] == texts["unshared"]}
+    row["speedup"] = row["unshared_ms"] / row["shared_ms"]
+    say(f"shared system prompt ({row['prompts']} prompts, n_parallel {n_par}, 32 new tokens): "
+        f"{row['shared_ms']:.0f} ms with the prefix copied vs {row['unshared_ms']:.0f} ms decoded "
+        f"by each ({row['speedup']:.2f}x); {reused} of {row['prompt_tokens']} prompt tokens "
+        f"reused; same texts: {row['same_texts']}")
+    return row
+
+
 def n_ctx_for(n_parallel: int, per_seq: int) -> int:
     return per_seq * n_parallel
 
@@ -123,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-parallel", default="1,4,8,16,32")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-serial", action="store_true", help="skip serial generate and llama-cpp-python")
+    ap.add_argument("--no-shared", action="store_true", help="skip the shared-system-prompt batch")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     system = print_system()
@@ -209,9 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             say("llama-cpp-python: skipped (run benchmarks/setup_peers.py to create build/peers-venv)")
 
+    shared = None if args.no_shared else shared_prefix_run(model, args, say)
     best = max(rows, key=lambda r: r["ours_tps"])
-    report = {"system": system, "model": args.model, "prompts": len(prompts), "max_tokens": args.max_tokens,
-              "threads": args.threads, "rows": rows, "serial": serial,
+    report = {"shared_prefix": shared, "system": system, "model": args.model, "prompts": len(prompts),
+              "max_tokens": args.max_tokens, "threads": args.threads, "rows": rows, "serial": serial,
               "min_ratio_c": min(r["ratio_c"] for r in rows), "best_n_parallel": best["n_parallel"]}
     if serial.get("generate_tps"):
         report["best_vs_serial_generate"] = best["ours_tps"] / serial["generate_tps"]

@@ -68,6 +68,8 @@ cdef class _BatchJob:
     cdef vector[int32_t] touched     # prompts whose text grew or that ended in the last step
     cdef vector[int32_t] reused      # per prompt: leading tokens copied from another sequence
     cdef bint share_prefix           # copy shared prompt prefixes between sequences
+    cdef bint share_exact            # only whole n_ubatch blocks of them (prefix_caching="exact")
+    cdef int32_t n_ubatch
     cdef int32_t n_swa               # the model's sliding window (0: none)
 
     def __dealloc__(self):
@@ -143,6 +145,8 @@ cdef class _BatchJob:
             if n > best_n:
                 best_n = n
                 best = <int32_t>t
+        if self.share_exact:
+            best_n -= best_n % <size_t>self.n_ubatch
         if best >= 0 and best_n >= _SHARE_MIN:
             self.slots[s].wait_for = best
             self.slots[s].share = <int32_t>best_n
@@ -591,6 +595,8 @@ cdef BatchGenerationStream _start_batch(Context self, object prompts, object max
             job.slots[s].wait_for = -1
         job.reused.resize(n, 0)
         job.share_prefix = self.prefix_caching != "off" and job.slots.size() > 1
+        job.share_exact = self.prefix_caching == "exact"
+        job.n_ubatch = ll.llama_n_ubatch(self._ctx)
         job.n_swa = ll.llama_model_n_swa(self.model._model)
         with nogil:
             if sp.ignore_eos:

@@ -55,6 +55,8 @@ def quantize_model(src, dst, ftype, *, allow_requantize=False, n_threads=None):
     params.nthread = n_threads or 0
     params.ftype = <ll.llama_ftype><int>_FTYPES[ftype.lower()]
     params.allow_requantize = allow_requantize
+    if not bdst or os.path.isdir(bdst) or bdst.endswith(b"/"):
+        raise OptionError(f"dst must name a file, got {os.fsdecode(dst)!r}")
     folder = os.path.dirname(os.path.abspath(bdst))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"dst: no folder {os.fsdecode(folder)!r}")
@@ -76,7 +78,11 @@ def quantize_model(src, dst, ftype, *, allow_requantize=False, n_threads=None):
         _remove_quietly(btmp)
         raise ModelLoadError(f"llama.cpp could not convert {os.fsdecode(src)!r} to {ftype}"
                              f"{_log_since(mark)}")
-    os.replace(btmp, bdst)
+    try:
+        os.replace(btmp, bdst)
+    except BaseException:
+        _remove_quietly(btmp)
+        raise
     _drain_log()
 
 

@@ -31,6 +31,7 @@ cdef double _COST_EMA = 0.25           # weight of a new timing in the per-size 
 cdef int32_t _SPEC_PROBE_EVERY = 16    # plain steps in a row before a short draft is tried again
 
 
+@cython.no_gc_clear          # its dealloc hands the draft context back: draft must survive a clear
 @cython.final
 @cython.auto_pickle(False)
 cdef class _Speculator:
@@ -100,7 +101,8 @@ cdef class _Speculator:
         """Hand the draft context back (idempotent); with the GIL."""
         if self.holds_draft:
             self.holds_draft = False
-            self.draft._leave()
+            if self.draft is not None:
+                self.draft._leave()
 
     # -- choosing how much to draft -------------------------------------------------------------
 
@@ -515,12 +517,17 @@ cdef _Speculator _make_speculator(Context target, object draft, object n_draft, 
     tm = ll.llama_get_model(dc._ctx)
     if ll.llama_model_is_recurrent(tm) or ll.llama_model_is_hybrid(tm):
         raise OptionError("the draft model's memory is recurrent; it cannot drop rejected tokens")
-    _check_draft_vocab(target.model, dc.model)
-    s.kind = SPEC_MODEL
-    s.draft = dc
-    s.n_vocab_draft = dc.model._n_vocab
+    # Held before its vocabulary is read (without the GIL): nobody can close it meanwhile.
     dc._enter(_HOLD_STREAM)
+    s.draft = dc
     s.holds_draft = True
+    try:
+        _check_draft_vocab(target.model, dc.model)
+    except BaseException:
+        s.release()
+        raise
+    s.kind = SPEC_MODEL
+    s.n_vocab_draft = dc.model._n_vocab
     s.d.ctx = dc._ctx
     s.d.vocab = dc.model._vocab
     s.d.batch = dc._batch

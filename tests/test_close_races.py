@@ -1,14 +1,16 @@
 """Two-thread close/use races on every public entry point of Model and Context (issue 10).
 
 In a child process, thread A runs one call while thread B closes the object the call uses: the
-model for the model's calls; the context and then its model for the context's calls; the
-stream for a stream being iterated. Each entry point runs in three ways:
+model for the model's calls; the context and then its model for the context's calls; the draft
+context and then its model for generate_with_draft with a draft model (the draft is held while
+the call or stream runs); the stream for a stream being iterated. Each entry point runs in
+three ways:
 
 * ``before``: B closes first, then A calls. Deterministic: the close succeeds and the call
   raises ClosedError.
 * ``during``: A's call reaches a hook in its own input (a generator being read, a sequence's
-  ``__len__``, an int's comparison, a progress or template callback, the loop over a stream)
-  and waits there on an event while B closes; B then lets it go on. Whichever way the call
+  ``__len__``, an int's comparison, a progress, template or piece callback, the loop over a
+  stream) and waits there on an event while B closes; B then lets it go on. Whichever way the call
   goes, the outcome must be "held" (close refused with ContextBusyError, or with LlamaError
   for a model whose context is open) or "closed first" (the call raises ClosedError): the
   close cannot succeed under a call that still uses the object.
@@ -19,7 +21,8 @@ stream for a stream being iterated. Each entry point runs in three ways:
 Nothing asserts which side wins a free race, so a loaded machine cannot fail the test; a call
 that succeeds must return what it returns alone (a freed object would show here); a crash is
 the child's exit status, a hang the faulthandler timeout (every thread's stack) or the
-subprocess timeout. The child prints a table of the outcomes per entry point.
+subprocess timeout; after each race no open context may still be busy. The child prints a
+table of the outcomes per entry point.
 ``LLAMA_CYTHON_STRESS=1`` runs ten times the free repetitions, with a new seed.
 """
 
@@ -47,7 +50,8 @@ PATHS = {"smol": llama.models.model_path("smollm2-135m-instruct"),
          "mini": llama.models.model_path("all-minilm-l6-v2")}
 CTX_OPTIONS = {"gen": ("smol", dict(n_ctx=256, n_threads=1)),
                "emb": ("mini", dict(embeddings=True, n_threads=1)),
-               "tok": ("mini", dict(embeddings=True, pooling="none", n_threads=1))}
+               "tok": ("mini", dict(embeddings=True, pooling="none", n_threads=1)),
+               "draft": ("smol", dict(n_ctx=256, n_threads=1))}
 TEXT = "Hello world, this is a race."
 TEXTS = ["first text", "second text", "a third one", "and a fourth"]
 PROMPT = "Once upon a time"
@@ -56,6 +60,7 @@ MESSAGES = [{"role": "user", "content": "Hi"}]
 TEMPLATE = ("{{ hook() }}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
             "{% endfor %}<|im_start|>assistant\n")
 GEN = dict(max_tokens=8, temperature=0)
+GEN_DRAFT = dict(GEN, n_draft=2, adaptive=False)   # fixed draft lengths: the same text, in several pieces
 
 
 class Hang(Exception):
@@ -77,6 +82,7 @@ ref_smol, ref_mini = llama.load_model(PATHS["smol"]), llama.load_model(PATHS["mi
 ref_gen = ref_smol.new_context(**CTX_OPTIONS["gen"][1])
 ref_emb = ref_mini.new_context(**CTX_OPTIONS["emb"][1])
 ref_tok = ref_mini.new_context(**CTX_OPTIONS["tok"][1])
+ref_draft = ref_smol.new_context(**CTX_OPTIONS["draft"][1])
 IDS = [int(t) for t in ref_smol.tokenize(TEXT)]
 EXPECT = {
     "tokenize": IDS,
@@ -93,6 +99,8 @@ EXPECT = {
     "chat": ref_gen.chat(MESSAGES, template=TEMPLATE, template_kwargs={"hook": no_hook}, **GEN).content,
     "embeddings": ref_emb.get_embeddings_batch(TEXTS),
     "token_embeddings": ref_tok.get_token_embeddings(TEXTS, batch_tokens=8).values,
+    "lookup": ref_gen.generate_with_draft(PROMPT, "prompt", **GEN_DRAFT),
+    "drafted": ref_gen.generate_with_draft(PROMPT, ref_draft, **GEN_DRAFT),
 }
 
 
@@ -188,8 +196,32 @@ def stream_text(s, hook):
     return "".join(out)
 
 
+def callback_text(start, hook):
+    """Run ``start(callback)``, calling ``hook`` from the callback of the first piece (the
+    stream still holds its contexts there); the text the callback was given."""
+    out = []
+
+    def callback(piece):
+        out.append(piece)
+        if len(out) == 1:
+            hook()
+    start(callback)
+    return "".join(out)
+
+
+def draft_stream_text(d, hook, where):
+    """generate_with_draft_stream on the "gen" context with the draft ``d``: the text, read in a
+    loop ("stream") or given to a callback ("callback"); ``hook`` runs after the first piece."""
+    def start(**kw):
+        return context("gen").generate_with_draft_stream(PROMPT, d, **kw, **GEN_DRAFT)
+    if where == "callback":
+        return callback_text(lambda cb: start(callback=cb), hook)
+    return stream_text(start(), hook)
+
+
 # -- the entry points ----------------------------------------------------------------------------
-# target: what B closes ("model:smol", "ctx+model:gen": the context then its model, "stream");
+# target: what B closes ("model:smol", "ctx+model:gen": the context then its model,
+# "draft+model:draft": the draft context of a generate_with_draft on "gen", then its model, "stream");
 # call(obj, hook, where) runs the entry point on it with ``hook`` placed at ``where`` (one of
 # wheres, for the "during" races; no_hook elsewhere); check(result) says the result is right.
 
@@ -266,6 +298,24 @@ ENTRIES = [
     e("Context.iter_embeddings", "ctx+model:emb",
       lambda c, h, w: np.concatenate(list(c.iter_embeddings(hooked(TEXTS, h, at=2), chunk_size=2))),
       lambda r: same_array(r, EXPECT["embeddings"]), ("input between chunks",)),
+    e("Context.generate_with_draft (prompt)", "ctx+model:gen",
+      lambda c, h, w: c.generate_with_draft(PROMPT, "prompt", stop=hooked(["@@never@@", "##never##"], h),
+                                            **GEN_DRAFT),
+      lambda r: r == EXPECT["lookup"], ("stop list",)),
+    e("Context.generate_with_draft_stream (prompt)", "ctx+model:gen",
+      lambda c, h, w: stream_text(c.generate_with_draft_stream(PROMPT, "prompt", **GEN_DRAFT), h),
+      lambda r: r == EXPECT["lookup"], ("stream",)),
+    e("Context.generate_with_draft (draft model)", "ctx+model:gen",
+      lambda c, h, w: c.generate_with_draft(PROMPT, context("draft"), n_draft=HookInt(2, h), adaptive=False,
+                                            **GEN),
+      lambda r: r == EXPECT["drafted"], ("n_draft",)),
+    e("generate_with_draft (its draft closed)", "draft+model:draft",
+      lambda d, h, w: context("gen").generate_with_draft(PROMPT, d, n_draft=HookInt(2, h), adaptive=False,
+                                                         **GEN),
+      lambda r: r == EXPECT["drafted"], ("n_draft",)),
+    e("generate_with_draft_stream (its draft closed)", "draft+model:draft",
+      lambda d, h, w: draft_stream_text(d, h, w),
+      lambda r: r == EXPECT["drafted"], ("stream", "callback")),
     e("GenerationStream (closed by B)", "stream", lambda s, h, w: stream_text(s, h), None, ("stream",)),
 ]
 EXPECT_N_VOCAB = ref_smol.n_vocab
@@ -303,7 +353,7 @@ def close_outcome(fn):
 def closer(entry, obj):
     """B's side: close what the call uses; returns 'ok', 'busy', 'in-use' or an error."""
     kind = entry["target"].partition(":")[0]
-    if kind != "ctx+model":
+    if kind not in ("ctx+model", "draft+model"):
         return close_outcome(obj.close)
     first = close_outcome(obj.close)
     then = close_outcome(obj.model.close)
@@ -370,6 +420,10 @@ def race(entry, mode, where=None, delay=0.0):
     good = call != "ok" or entry["check"] is None or entry["check"](result)
     if isinstance(result, llama.Context):          # new_context: the race made one
         result.close()
+    held = [k for k, c in live.items() if isinstance(c, llama.Context) and not c.closed and c.busy]
+    if held:
+        raise AssertionError(f"{entry['name']} [{mode}]: call {got.get('call')}, close {got.get('close')}: "
+                             f"the {', '.join(held)} context is still busy")
     if entry["target"] == "stream":
         assert obj.closed, f"{entry['name']}: the stream is still open"
         owner = live["gen"]

@@ -278,32 +278,47 @@ def shared_solo(smol):
 
 
 @pytest.mark.parametrize("n_parallel", [4, 16])
-def test_shared_prefixes_are_decoded_once_and_change_no_text(smol, shared_solo, n_parallel):
+def test_shared_prefixes_are_decoded_once(smol, shared_solo, n_parallel):
+    """prefix_caching="any" copies the whole common prefix. The tail is then decoded in
+    another batch shape than alone, which may round differently (on this prompt set SmolLM2's
+    texts stay the same; the check allows one to differ)."""
     prompts = SHARED + PROMPTS[:4]
     n_system = len(smol.tokenize(SYSTEM, parse_special=True))
-    with smol.new_context(n_ctx=256 * n_parallel, n_parallel=n_parallel) as ctx:
+    with smol.new_context(n_ctx=256 * n_parallel, n_parallel=n_parallel,
+                          prefix_caching="any") as ctx:
         texts = ctx.generate_batch(prompts, **OPTS)
         st = ctx.last_batch_stats
-        assert texts == shared_solo
+        assert sum(a == b for a, b in zip(texts, shared_solo)) >= len(prompts) - 1
         # every shared prompt but the first of each wave copied at least the system prompt
         copied = st.cached_tokens[: len(SHARED)]
         assert (copied >= n_system).sum() >= len(SHARED) - 2
         assert (st.cached_tokens[len(SHARED):] == 0).all()
         assert st.reused_tokens == int(st.cached_tokens.sum()) > 0
         assert (st.cached_tokens < st.prompt_tokens).all()
-    with smol.new_context(n_ctx=256 * n_parallel, n_parallel=n_parallel,
-                          prefix_caching="off") as ctx:
-        assert ctx.generate_batch(prompts, **OPTS) == shared_solo
-        assert ctx.last_batch_stats.reused_tokens == 0
+    for caching in ("off", "exact"):
+        # "exact" (the default) copies whole n_ubatch blocks only: none of a 38-token prefix
+        with smol.new_context(n_ctx=256 * n_parallel, n_parallel=n_parallel,
+                              prefix_caching=caching) as ctx:
+            assert ctx.generate_batch(prompts, **OPTS) == shared_solo
+            assert ctx.last_batch_stats.reused_tokens == 0
+
+
+def test_exact_sharing_copies_whole_physical_batches(smol):
+    prompts = [SYSTEM * 3 + f"<|im_start|>user\n{q}<|im_end|>\n" for q in QUESTIONS[:4]]
+    with smol.new_context(n_ctx=1024, n_parallel=4, n_ubatch=32) as ctx:
+        ctx.generate_batch(prompts, **OPTS)
+        reused = ctx.last_batch_stats.cached_tokens
+    assert (reused % 32 == 0).all() and (reused[1:] >= 96).all()
 
 
 def test_shared_prefix_stats_per_prompt_in_the_stream(smol, shared_solo):
-    with smol.new_context(n_ctx=1024, n_parallel=4) as ctx:
+    with smol.new_context(n_ctx=1024, n_parallel=4, prefix_caching="any") as ctx:
+        want = ctx.generate_batch(SHARED[:4], **OPTS)
         with ctx.generate_batch_stream(SHARED[:4], **OPTS) as stream:
             pieces: dict[int, str] = {}
             for i, piece in stream:
                 pieces[i] = pieces.get(i, "") + piece
-        assert [pieces.get(i, "") for i in range(4)] == shared_solo[:4]
+        assert [pieces.get(i, "") for i in range(4)] == want
         assert ctx.last_batch_stats.reused_tokens > 0
 
 
@@ -314,7 +329,7 @@ def test_gemma_shares_a_prefix_longer_than_its_sliding_window(gemma):
     Gemma's rounding, so a late token may differ; the start of every answer may not)."""
     text = " ".join(f"Rule {i}: shelve book {i} on shelf {i % 9}." for i in range(45))
     prompts = [f"{text}\nQuestion: where is book {k}? Answer:" for k in (3, 17, 29, 42)]
-    with gemma.new_context(n_ctx=1024 * 4, n_parallel=4) as ctx:
+    with gemma.new_context(n_ctx=1024 * 4, n_parallel=4, prefix_caching="any") as ctx:
         texts = ctx.generate_batch(prompts, max_tokens=8, temperature=0)
         st = ctx.last_batch_stats
     assert len(gemma.tokenize(text)) > 600

@@ -281,6 +281,32 @@ def test_ctrl_c_interrupts_generate_batch_and_leaves_the_context_usable():
     """))
 
 
+def test_ctrl_c_interrupts_generate_with_draft_and_leaves_both_contexts_usable():
+    # adaptive=False: the draft model drafts at every step, so Ctrl-C may come during either
+    # model's decode; both contexts are handed back. Ctrl-C comes a little after the call starts
+    # (sent at once, it is mostly seen before the first token); nothing depends on when.
+    interrupt = INTERRUPT.replace("    os.kill(", "    time.sleep(0.3)\n    os.kill(")
+    assert interrupt != INTERRUPT
+    run_child(textwrap.dedent("""
+    m = llama.load_model(smol_path)
+    ctx = m.new_context(n_ctx=4096, n_threads=1)
+    draft = m.new_context(n_ctx=4096, n_threads=1)
+    ctx.generate_with_draft("Hi", draft, max_tokens=2)   # what is computed once per model is done now
+    before = ctx.last_stats
+    """) + interrupt.replace(
+        "CALL", 'ctx.generate_with_draft("Once upon a time", draft, max_tokens=100000, ignore_eos=True, '
+                'temperature=0, n_draft=8, adaptive=False)')
+        + textwrap.dedent("""
+    stats = ctx.last_stats
+    assert stats is before or (stats.finish_reason == "cancelled" and stats.completion_tokens < 4000), stats
+    assert not ctx.busy and not draft.busy
+    assert ctx.generate("Hello", max_tokens=3, temperature=0)
+    assert draft.generate("Hello", max_tokens=3, temperature=0)
+    assert ctx.generate_with_draft("Hello", draft, max_tokens=3, temperature=0)
+    print("OK", stats.completion_tokens, stats.draft_tokens)
+    """))
+
+
 def test_ctrl_c_interrupts_batch_embeddings():
     run_child(textwrap.dedent("""
     m = llama.load_model(llama.models.model_path("all-minilm-l6-v2"))
@@ -290,6 +316,87 @@ def test_ctrl_c_interrupts_batch_embeddings():
     assert ctx.get_embeddings_batch(["usable"]).shape == (1, m.n_embd)
     print("OK")
     """))
+
+
+# -- quantize_model: hostile input -------------------------------------------------------------
+
+# The files load_model's tests refuse (tests/test_errors.py: not GGUF, GGUF magic then garbage,
+# truncated), given to quantize_model in a child process: each is a ModelLoadError before
+# anything is written, then a valid conversion still works.
+QUANTIZE_HOSTILE = r"""
+import os
+from llama_cython.errors import ModelLoadError, ModelNotFoundError
+tmp = TMP
+out = os.path.join(tmp, "out")
+os.mkdir(out)
+mini_path = llama.models.model_path("all-minilm-l6-v2")
+with open(smol_path, "rb") as f:
+    data = f.read()
+
+
+def written(content):
+    path = os.path.join(tmp, "bad.gguf")
+    with open(path, "wb") as f:
+        f.write(content)
+    return path
+
+
+def refused(exc_type, src, what, dst=os.path.join(out, "x.gguf")):
+    try:
+        llama.quantize_model(src, dst, "q8_0", allow_requantize=True, n_threads=1)
+    except exc_type as exc:
+        message = str(exc)
+    else:
+        raise AssertionError(f"{what}: converted")
+    assert os.listdir(out) == [], (what, os.listdir(out))     # no dst, no temporary file
+    return message
+
+
+HOSTILE = {
+    "text": b"this is a text file, not a model\n" * 20, "bytes": bytes(range(256)) * 40,
+    "random": np.random.default_rng(1).bytes(100_000), "3 bytes": b"GGU", "empty": b"",
+    "ggml": b"GGML" + b"\0" * 100, "elf": b"\x7fELF" + b"\0" * 100,
+    "magic only": b"GGUF", "bad version": b"GGUF" + b"\xff" * 60,
+    "huge counts": b"GGUF\x03\0\0\0" + b"\xff" * 16,
+    "2**62 counts": b"GGUF\x03\0\0\0" + (2**62).to_bytes(8, "little") * 2,
+}
+for cut in (4, 24, 100, 10_000, 1_000_000, len(data) // 2, len(data) - 1):
+    HOSTILE[f"cut at {cut}"] = data[:cut]
+for name, content in HOSTILE.items():
+    assert "bad.gguf" in refused(ModelLoadError, written(content), name), name
+assert "directory" in refused(ModelLoadError, tmp, "a directory")
+refused(ModelNotFoundError, os.path.join(tmp, "no", "such.gguf"), "a missing file")
+refused(ModelLoadError, str(smol_path) + "\0", "a NUL in src")
+# dst in a missing folder: FileNotFoundError, before anything is converted
+message = refused(FileNotFoundError, mini_path, "a missing dst folder",
+                  dst=os.path.join(tmp, "no", "such", "x.gguf"))
+assert "dst" in message, message
+
+# still works: a conversion, and the models
+llama.quantize_model(mini_path, os.path.join(out, "mini.q8_0.gguf"), "q8_0", n_threads=1)
+with llama.load_model(os.path.join(out, "mini.q8_0.gguf")) as mini, mini.new_context(embeddings=True) as ctx:
+    assert ctx.get_embeddings_batch(["still works"]).shape == (1, mini.n_embd)
+with llama.load_model(smol_path) as m, m.new_context(n_ctx=256, n_threads=1) as ctx:
+    assert ctx.generate("Hello", max_tokens=2, temperature=0)
+print("OK")
+"""
+
+
+def test_quantize_model_refuses_hostile_files_cleanly(tmp_path):
+    run_child(QUANTIZE_HOSTILE.replace("TMP", repr(str(tmp_path))))
+
+
+@pytest.mark.parametrize("dst", ["a directory", "empty"])
+def test_quantize_model_refuses_an_unwritable_dst_and_leaves_nothing(tmp_path, monkeypatch, dst):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "folder").mkdir()
+    monkeypatch.chdir(work)          # "" names this folder: the temporary file goes to tmp_path
+    with pytest.raises(llama.OptionError, match="must name a file"):
+        llama.quantize_model(llama.models.model_path("all-minilm-l6-v2"),
+                             work / "folder" if dst == "a directory" else "", "q8_0", n_threads=1)
+    left = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert left == [], left
 
 
 # -- 10, 11. threads and sequences --------------------------------------------------------------

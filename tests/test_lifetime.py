@@ -8,13 +8,16 @@ context keeps its model alive, and objects dropped without ``close()`` free them
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import llama_cython as llama
-from llama_cython.errors import ClosedError, LlamaError
+from llama_cython.errors import ClosedError, ContextBusyError, LlamaError
 
 PROMPT = "The capital of France is"
 
@@ -291,6 +294,81 @@ def test_a_context_in_a_reference_cycle_is_freed_safely(smol_path, capfd):
     assert model_ref() is None
     out, err = capfd.readouterr()
     assert (out, err) == ("", "")
+
+
+def test_a_draft_stream_holds_its_draft_context_and_keeps_it_alive(own_model, smol):
+    # generate_with_draft_stream takes the draft context too: while the stream is open the
+    # draft cannot be used or closed (nor, then, its model), and it lives as long as the stream.
+    target = _ctx(smol)
+    draft = _ctx(own_model)
+    draft_ref = weakref.ref(draft)
+    stream = target.generate_with_draft_stream(PROMPT, draft, max_tokens=8, temperature=0.0)
+    first = next(stream)
+    with pytest.raises(ContextBusyError):
+        draft.generate("Hi", max_tokens=1)
+    with pytest.raises(ContextBusyError):
+        draft.close()
+    with pytest.raises(LlamaError, match="open context"):
+        own_model.close()
+    del draft
+    for _ in range(3):
+        gc.collect()
+    draft = draft_ref()
+    assert draft is not None, "the draft context was freed under its stream"
+    assert draft.busy
+    assert isinstance(first + "".join(stream), str)
+    assert not target.busy and not draft.busy
+    stream = target.generate_with_draft_stream(PROMPT, draft, max_tokens=8, temperature=0.0)
+    next(stream)
+    del stream                          # dropped unfinished: both contexts are handed back
+    assert not target.busy and not draft.busy
+    assert draft.generate("Hi", max_tokens=2, temperature=0.0) is not None
+    del draft
+    for _ in range(3):
+        gc.collect()
+    assert draft_ref() is None, "the draft context outlived its last user"
+    own_model.close()
+    target.close()
+
+
+# In a child process: a stream collected in a cycle runs its deallocator after the collector
+# cleared what it could; handing the draft back must not depend on what was cleared.
+DRAFT_STREAM_CYCLE = """
+import gc
+import llama_cython as llama
+m = llama.load_model(llama.models.model_path("smollm2-135m-instruct"))
+target, draft = m.new_context(n_ctx=256, n_threads=1), m.new_context(n_ctx=256, n_threads=1)
+
+
+class Box:
+    pass
+
+
+for shape in ("list", "object"):
+    stream = target.generate_with_draft_stream("Once upon a time", draft, max_tokens=16, temperature=0)
+    next(stream)
+    if shape == "list":
+        box = [stream]
+        box.append(box)
+    else:
+        box = Box()
+        box.stream, box.me = stream, box
+    del stream, box
+    gc.collect()
+    assert not target.busy and not draft.busy, (shape, target.busy, draft.busy)
+    assert draft.generate("Hi", max_tokens=2, temperature=0) is not None
+draft.close()
+target.close()
+m.close()
+print("OK")
+"""
+
+
+def test_a_draft_stream_in_a_reference_cycle_hands_both_contexts_back():
+    proc = subprocess.run([sys.executable, "-c", DRAFT_STREAM_CYCLE], capture_output=True, text=True,
+                          timeout=300, cwd=str(Path(__file__).resolve().parent.parent))
+    assert proc.returncode == 0 and proc.stdout.rstrip().endswith("OK"), (
+        f"exit code {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
 
 
 def test_dealloc_is_silent(smol_path, smol, capfd):

@@ -6,13 +6,18 @@ times the calls; ``LLAMA_CYTHON_STRESS_SEED`` fixes it), from a pool of the valu
 C code: zero, negatives, huge and boundary integers, NaN and infinities, wrong types; and for
 chat, hostile conversations and templates (unbounded loops, huge strings, sandbox escapes).
 
-Every public call is drawn: new_context, generate, generate_stream and chat_stream (read a few
-pieces, then closed, cancelled, dropped, exhausted or left open while another call must get
-ContextBusyError), chat, the model's tokenizer calls (tokenize, encode, count_tokens,
-tokenize_batch, detokenize, detokenize_batch, token_to_piece, is_eog), the embeddings calls
-(get_embeddings_batch, get_token_embeddings on a ``pooling="none"`` context, iter_embeddings),
-get_logits and clear_cache. Allowed failures are LlamaError, TypeError, ValueError and
-OverflowError, and ``UserBoom``, the exception the test's own callbacks and inputs raise.
+Every public call is drawn: new_context (now and then used as a draft), generate,
+generate_stream, generate_with_draft_stream and chat_stream (read a few pieces, then closed,
+cancelled, dropped, exhausted or left open while another call must get ContextBusyError, on the
+draft context too), chat, generate_with_draft (prompt lookup or a second SmolLM2 context as the
+draft, or a draft that cannot be one), the model's tokenizer calls (tokenize, encode,
+count_tokens, tokenize_batch, detokenize, detokenize_batch, token_to_piece, is_eog), the
+embeddings calls (get_embeddings_batch, get_token_embeddings on a ``pooling="none"`` context,
+iter_embeddings), get_logits, clear_cache and quantize_model (hostile files and paths, written
+into the test's temporary folder; valid calls mostly from the small MiniLM file). Allowed
+failures are LlamaError, TypeError, ValueError and OverflowError (and FileNotFoundError for
+quantize_model's ``dst``), and ``UserBoom``, the exception the test's own callbacks and inputs
+raise.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ from _stress import STRESS, run_stress_child, stress_seed
 from llama_cython import TemplateError
 
 CHILD = r'''
-import math, random, sys
+import math, os, random, sys
+from pathlib import Path
 import numpy as np
 import llama_cython as llama
 from llama_cython import ChatMessage, ContextBusyError, Encoding, TokenBatch, TokenEmbeddings
 
-seed, calls = int(sys.argv[1]), int(sys.argv[2])
+seed, calls, tmp = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 rng = random.Random(seed)
 POOL = [0, 1, 2, -1, -2, 3, 7, 255, 256, 257, 511, 512, 4096, 2**31 - 1, 2**31, -2**31, 2**63, 10**30,
         0.0, -0.0, 0.5, 1.0, 1.5, -1.0, 1e-30, 1e30, math.nan, math.inf, -math.inf,
@@ -62,8 +68,10 @@ class Fresh:
         return f"<fresh {self.make.__name__}>"
 
 
-smol = llama.load_model(llama.models.model_path("smollm2-135m-instruct"))
-mini = llama.load_model(llama.models.model_path("all-minilm-l6-v2"))
+SMOL_PATH = llama.models.model_path("smollm2-135m-instruct")
+MINI_PATH = llama.models.model_path("all-minilm-l6-v2")
+smol = llama.load_model(SMOL_PATH)
+mini = llama.load_model(MINI_PATH)
 
 CONTEXT = ["n_ctx", "n_batch", "n_ubatch", "n_threads", "n_threads_batch", "kv_cache_type",
            "flash_attn", "pooling", "n_parallel", "prefix_caching"]
@@ -76,6 +84,7 @@ TOKENIZE = ["add_special", "parse_special"]
 DETOKENIZE = ["remove_special", "unparse_special"]
 CHAT = ["template", "template_kwargs", "add_generation_prompt"]
 ITER = ["chunk_size", "normalize", "truncate", "nulls"]
+SPEC = ["n_draft", "adaptive"]
 
 # Values each option may take; a draw is one of these three times in four, else from POOL.
 VALID = {
@@ -96,6 +105,7 @@ VALID = {
     "remove_special": [True, False], "unparse_special": [True, False],
     "chunk_size": [1, 2, 3, 1024],
     "add_generation_prompt": [True, False],
+    "n_draft": [1, 2, 4, 16, 64], "adaptive": [True, False, np.bool_(True)],
     "template": [
         None, None, None,
         "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}",
@@ -186,14 +196,14 @@ def chat_options():
             kw[name] = rng.choice(bad)
     return kw
 
-def attempt(label, fn, check=None):
+def attempt(label, fn, check=None, also=()):
     print("CALL", label, flush=True)
     try:
         result = fn()
     except UserBoom:
         return
     except Exception as exc:
-        if not isinstance(exc, (llama.LlamaError, TypeError, ValueError, OverflowError)):
+        if not isinstance(exc, (llama.LlamaError, TypeError, ValueError, OverflowError, *also)):
             raise AssertionError(f"{label}: unexpected {type(exc).__name__}: {exc}") from exc
         return
     if check is not None:
@@ -203,6 +213,14 @@ gen_ctx = smol.new_context(n_ctx=256, n_threads=1)
 emb_ctx = mini.new_context(embeddings=True, n_threads=1)
 tok_ctx = mini.new_context(embeddings=True, pooling="none", n_threads=1)
 batch_ctx = smol.new_context(n_ctx=512, n_parallel=2, n_threads=1)
+draft_ctx = smol.new_context(n_ctx=256, n_threads=1)
+closed_ctx = smol.new_context(n_ctx=256, n_threads=1)
+closed_ctx.close()
+# batch_ctx drafts with n_ctx_seq 256; gen_ctx is the target itself, emb_ctx and tok_ctx compute
+# embeddings, closed_ctx is closed: all refused before anything is decoded.
+DRAFTS = ["prompt", "prompt", draft_ctx, draft_ctx, batch_ctx]
+BAD_DRAFTS = ["lookup", "", "PROMPT", b"prompt", None, 5, gen_ctx, emb_ctx, tok_ctx, closed_ctx, smol,
+              [draft_ctx]]
 STREAM_ENDS = ["close", "cancel", "unfinished", "drop", "exhaust", "with"]
 BUSY_CALLS = {
     "generate": lambda: gen_ctx.generate("Hi", max_tokens=1),
@@ -210,24 +228,41 @@ BUSY_CALLS = {
     "generate_stream": lambda: gen_ctx.generate_stream("Hi", max_tokens=1),
     "chat_stream": lambda: gen_ctx.chat_stream([{"role": "user", "content": "Hi"}], max_tokens=1),
     "get_logits": gen_ctx.get_logits, "clear_cache": gen_ctx.clear_cache, "close": gen_ctx.close,
+    "generate_with_draft": lambda: gen_ctx.generate_with_draft("Hi", "prompt", max_tokens=1),
+}
+# A draft context held by an open stream refuses every use, as a target, as a draft, and close()
+DRAFT_BUSY_CALLS = {
+    "generate": lambda: draft_ctx.generate("Hi", max_tokens=1),
+    "clear_cache": draft_ctx.clear_cache, "close": draft_ctx.close,
+    "generate_with_draft": lambda: draft_ctx.generate_with_draft("Hi", "prompt", max_tokens=1),
+    "as a draft": lambda: batch_ctx.generate_with_draft("Hi", draft_ctx, max_tokens=1),
 }
 # The callback of the last piece runs once the stream has handed the context back: there a
 # close() would succeed, so it is tried only while the context is busy (ContextBusyError).
 CALLBACKS = [lambda p: None, lambda p: False, lambda p: True, boom, lambda: None, 5,
              lambda p: gen_ctx.generate("x", max_tokens=1), lambda p: gen_ctx.clear_cache(),
-             lambda p: gen_ctx.close() if gen_ctx.busy else None]
+             lambda p: gen_ctx.close() if gen_ctx.busy else None,
+             lambda p: draft_ctx.close() if draft_ctx.busy else None]
 
 def stream_case(i):
-    use_chat = rng.random() < 0.4
+    which = rng.random()
+    use_chat, draft = which < 0.4, None
     kw = chat_options() if use_chat else sampling(rng.randrange(3))
     if rng.random() < 0.2:
         kw["callback"] = rng.choice(CALLBACKS)
     if use_chat:
         what, start = pick(MESSAGES, BAD_MESSAGES), gen_ctx.chat_stream
+        name = "chat_stream"
+    elif which < 0.6:
+        what, draft = pick(PROMPTS, BAD_PROMPTS), pick(DRAFTS, BAD_DRAFTS)
+        kw.update(draw(SPEC, rng.randrange(3)))
+        start = lambda p, **options: gen_ctx.generate_with_draft_stream(p, draft, **options)
+        name = f"generate_with_draft_stream draft {draft!r:.40}"
     else:
         what, start = pick(PROMPTS, BAD_PROMPTS), gen_ctx.generate_stream
+        name = "generate_stream"
     end, n = rng.choice(STREAM_ENDS), rng.randrange(4)
-    label = f"{start.__name__} {what!r:.60} {kw!r:.200} then {n} pieces, {end}"
+    label = f"{name} {what!r:.60} {kw!r:.200} then {n} pieces, {end}"
     print("CALL", label, flush=True)
     s = None
     try:
@@ -242,9 +277,10 @@ def stream_case(i):
             list(s)
         elif end == "unfinished":
             if not s.closed:
-                name = rng.choice(sorted(BUSY_CALLS))
+                held = BUSY_CALLS if draft is not draft_ctx or rng.random() < 0.5 else DRAFT_BUSY_CALLS
+                name = rng.choice(sorted(held))
                 try:
-                    BUSY_CALLS[name]()
+                    held[name]()
                 except ContextBusyError:
                     pass
                 else:
@@ -269,6 +305,7 @@ def stream_case(i):
         if s is not None:
             s.close()
     assert not gen_ctx.busy, f"{label}: the context is still busy"
+    assert not draft_ctx.busy, f"{label}: the draft context is still busy"
 
 def model_text_case(i):
     text, name = pick(TEXTS, BAD_TEXTS), rng.choice(["tokenize", "encode", "count_tokens", "ctx.tokenize"])
@@ -344,14 +381,93 @@ def state_case(i):
         else:
             attempt(f"clear_cache on {ctx!r:.50}", ctx.clear_cache)
 
+def draft_case(i):
+    kw, prompt, draft = sampling(rng.randrange(4)), pick(PROMPTS, BAD_PROMPTS), pick(DRAFTS, BAD_DRAFTS)
+    kw.update(draw(SPEC, rng.randrange(3)))
+    target = gen_ctx if rng.random() < 0.85 else batch_ctx
+
+    def check(r):
+        st = target.last_stats
+        return (isinstance(r, str) and 0 <= st.accepted_tokens <= st.draft_tokens
+                and st.completion_tokens <= kw["max_tokens"])
+    attempt(f"generate_with_draft on {'gen_ctx' if target is gen_ctx else 'batch_ctx'} {prompt!r:.40} "
+            f"draft {draft!r:.40} {kw!r}", lambda: target.generate_with_draft(prompt, draft, **kw), check)
+
+
+# quantize_model: sources, destinations (a new name each call, in QDIR) and precisions. F16, BF16
+# and F32 only from MiniLM (F32 from SmolLM2 is 540 MB); a valid SmolLM2 call (Q4_1, so only with
+# allow_requantize=True) writes at most 145 MB.
+QDIR = os.path.join(tmp, "quantize")
+os.mkdir(QDIR)
+
+
+def qfile(name, data):
+    path = os.path.join(tmp, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+with open(MINI_PATH, "rb") as f:
+    mini_bytes = f.read()
+QSRC = [MINI_PATH, str(MINI_PATH), os.fsencode(MINI_PATH), SMOL_PATH]
+BAD_QSRC = [tmp, os.path.join(tmp, "missing.gguf"), qfile("empty.gguf", b""),
+            qfile("text.gguf", b"not a model\n"), qfile("magic.gguf", b"GGUF" + b"\xff" * 60),
+            qfile("counts.gguf", b"GGUF\x03\0\0\0" + (2**62).to_bytes(8, "little") * 2),
+            qfile("head.gguf", mini_bytes[:100_000]), qfile("half.gguf", mini_bytes[:len(mini_bytes) // 2]),
+            qfile("minus1.gguf", mini_bytes[:-1]), "", "a\0b.gguf", "\ud800.gguf", None, 5, [MINI_PATH]]
+del mini_bytes
+FTYPES = ["q8_0", "q4_0", "Q4_0", "q4_1", "q5_1", "q2_k", "q4_k_m", "q6_k"]
+WIDE_FTYPES = ["f16", "bf16", "f32"]
+BAD_FTYPES = ["q4", "f64", "", " q8_0", "q8_0\0", "iq2_xxs", "mxfp4", "tq1_0", "\ud800", b"q8_0", 7, None,
+              ["q8_0"], np.str_("q8_0")]
+# Not POOL for dst: its strings ("auto", "") are paths in the working directory. Not a directory
+# either, nor "": see test_hardening's quantize tests (the file is converted, then os.replace fails
+# and the temporary file stays).
+BAD_QDST = [os.path.join(tmp, "no", "such", "folder.gguf"), "a\0b.gguf", os.path.join(QDIR, "\ud800.gguf"),
+            None, 5, 1.5, [os.path.join(QDIR, "x.gguf")]]
+# Not POOL for n_threads: its large valid counts start that many threads (4096: 12 s for MiniLM).
+BAD_QTHREADS = [0, -1, 4097, 2**31, 2**63, -2**31, 1.5, math.nan, "2", True, False, b"1", np.float32(1),
+                np.int64(0), [1]]
+
+
+def quantize_case(i):
+    src = pick(QSRC, BAD_QSRC)
+    is_mini = isinstance(src, (str, bytes, os.PathLike)) and os.fsdecode(src) == str(MINI_PATH)
+    ftype = pick(FTYPES + (WIDE_FTYPES if is_mini else []), BAD_FTYPES)
+    out = os.path.join(QDIR, f"out{i}.gguf")
+    dst = rng.choice([out, Path(out), os.fsencode(out)]) if rng.random() < 0.75 else rng.choice(BAD_QDST)
+    kw = {}
+    if rng.random() < 0.6:
+        kw["allow_requantize"] = rng.choice([True, False]) if rng.random() < 0.75 else rng.choice(POOL)
+    if rng.random() < 0.4:
+        good = rng.random() < 0.75
+        kw["n_threads"] = rng.choice([1, 2, None, np.int64(2)] if good else BAD_QTHREADS)
+
+    def check(path):
+        with llama.load_model(path, vocab_only=True) as m:
+            ok = m.n_vocab == (mini if is_mini else smol).n_vocab
+        os.remove(path)
+        return ok
+    label = f"quantize_model {src!r:.80} {dst!r:.80} {ftype!r:.20} {kw!r}"
+    attempt(label, lambda: llama.quantize_model(src, dst, ftype, **kw) or dst, check,
+            also=(FileNotFoundError,))
+    left = os.listdir(QDIR)      # a failed call leaves nothing, its temporary file neither
+    assert not left, f"{label}: left {left}"
+
+
 for i in range(calls):
-    kind = rng.randrange(12)
+    kind = rng.randrange(14)
     if kind == 0:
-        kw = draw(CONTEXT, 3)
-        def make(kw=kw):
+        kw, as_draft = draw(CONTEXT, 3), rng.random() < 0.3
+        def make(kw=kw, as_draft=as_draft):
             with smol.new_context(**{"n_threads": 1, "n_ctx": 256, **kw}) as c:
                 c.generate("Hi", max_tokens=2, temperature=0)
-        attempt(f"new_context {kw!r}", make)
+                if as_draft:        # drafts with its own batch sizes, cache type, sequences
+                    gen_ctx.generate_with_draft("Once upon a time", c, max_tokens=6, temperature=0,
+                                                n_draft=3, adaptive=False)
+                    assert not c.busy
+        attempt(f"new_context {kw!r}{' as a draft' if as_draft else ''}", make)
     elif kind == 1 and rng.random() < 0.3:
         kw, batch = sampling(4), [pick(PROMPTS, BAD_PROMPTS) for _ in range(rng.randrange(4))]
         if rng.random() < 0.5:
@@ -391,9 +507,13 @@ for i in range(calls):
         token_embeddings_case(i)
     elif kind == 10:
         iter_embeddings_case(i)
-    else:
+    elif kind == 11:
         state_case(i)
-    assert not (gen_ctx.busy or emb_ctx.busy or tok_ctx.busy or batch_ctx.busy), \
+    elif kind == 12:
+        draft_case(i)
+    else:
+        quantize_case(i)
+    assert not (gen_ctx.busy or emb_ctx.busy or tok_ctx.busy or batch_ctx.busy or draft_ctx.busy), \
         f"call {i} left a context busy"
 
 assert gen_ctx.generate("Hello", max_tokens=2, temperature=0) is not None
@@ -406,13 +526,23 @@ assert len(tok_ctx.get_token_embeddings(["still fine"])) == 1
 blocks = emb_ctx.iter_embeddings(["a", "b", "c"], chunk_size=2)
 assert [b.shape for b in blocks] == [(2, mini.n_embd), (1, mini.n_embd)]
 assert smol.detokenize(smol.tokenize("still fine", add_special=False)) == "still fine"
+assert isinstance(gen_ctx.generate_with_draft("Hello", draft_ctx, max_tokens=4, temperature=0), str)
+assert isinstance(gen_ctx.generate_with_draft("Hello", "prompt", max_tokens=4), str)
+assert "".join(gen_ctx.generate_with_draft_stream("Hello", draft_ctx, max_tokens=4)) is not None
+assert draft_ctx.generate("Hello", max_tokens=2, temperature=0) is not None
+llama.quantize_model(MINI_PATH, os.path.join(QDIR, "last.gguf"), "q8_0", n_threads=1)
+with llama.load_model(os.path.join(QDIR, "last.gguf")) as m, m.new_context(embeddings=True) as c:
+    assert c.get_embeddings_batch(["still fine"]).shape == (1, mini.n_embd)
+for name in os.listdir(tmp):           # the copies of MiniLM are large
+    if name.endswith(".gguf"):
+        os.remove(os.path.join(tmp, name))
 print("OK", flush=True)
 '''
 
 
-def test_random_options_never_kill_the_interpreter():
+def test_random_options_never_kill_the_interpreter(tmp_path):
     calls = 6000 if STRESS else 600
-    run_stress_child(CHILD, stress_seed(20261202), calls, timeout=1800 if STRESS else 600)
+    run_stress_child(CHILD, stress_seed(20261202), calls, tmp_path, timeout=1800 if STRESS else 600)
 
 
 def _cyclic_message():
