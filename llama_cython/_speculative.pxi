@@ -49,7 +49,6 @@ cdef class _Speculator:
     # counters, for the stats
     cdef int64_t drafted          # tokens proposed to the target
     cdef int64_t accepted         # of which the target kept
-    cdef int64_t target_decodes   # target decodes of the generation phase (plain ones included)
     # what the adaptive choice learns
     cdef double prop[_SPEC_MAX]   # per draft position: proposals (decayed)
     cdef double acc[_SPEC_MAX]    # and acceptances
@@ -177,7 +176,6 @@ cdef class _Speculator:
 
     cdef void record_decode(self, int32_t b, int64_t us) noexcept nogil:
         """A target decode of ``b`` tokens took ``us`` microseconds."""
-        self.target_decodes += 1
         if b > _SPEC_MAX + 1 or us <= 0:
             return
         _ema(&self.cost[b], <double>us)
