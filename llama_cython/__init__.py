@@ -36,6 +36,7 @@ from llama_cython._core import (  # noqa: E402
     quantize_model,
     supports_gpu_offload,
 )
+from llama_cython._pickling import clear_model_cache  # noqa: E402
 from llama_cython.chat import ChatMessage  # noqa: E402
 from llama_cython.encoding import Encoding  # noqa: E402
 from llama_cython.errors import (  # noqa: E402
@@ -96,6 +97,7 @@ __all__ = [
     "TokenizeError",
     "Vocab",
     "__version__",
+    "clear_model_cache",
     "load_model",
     "max_devices",
     "models",

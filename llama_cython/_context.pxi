@@ -41,6 +41,7 @@ cdef class Context:
     cdef readonly object last_embedding_stats
     cdef readonly object last_batch_stats
     cdef bint _embeddings
+    cdef dict _spec                   # new_context's options, as pickle carries them
     cdef object __weakref__
 
     def __cinit__(self):
@@ -289,6 +290,23 @@ cdef class Context:
     def closed(self):
         """True once :meth:`close` has run."""
         return self._ctx == NULL
+
+    @property
+    def options(self):
+        """The options :meth:`Model.new_context` was given, as a new dict (what a pickled
+        context is created with again)."""
+        return dict(self._spec)
+
+    def __reduce__(self):
+        """Pickle as the model plus the creation options: unpickling creates a fresh context
+        on the (reloaded) model. The KV cache and conversation do not travel."""
+        self._check_open()
+        return (_pickling.restore_context, (self.model, dict(self._spec)))
+
+    def __dask_tokenize__(self):
+        self._check_open()
+        return ("llama_cython.Context", self.model.__dask_tokenize__(),
+                tuple(sorted((k, repr(v)) for k, v in self._spec.items())))
 
     @property
     def busy(self):
@@ -605,7 +623,7 @@ cdef class Context:
         return 0
 
     def get_embeddings_batch(self, texts, *, normalize=True, out=None, truncate=True,
-                             progress=None, batch_tokens=None, nulls="raise"):
+                             progress=None, batch_tokens=None, nulls="raise", format="numpy"):
         """Embed many texts: a float32 array of shape ``(len(texts), n_embd)``, rows in input order.
 
         Texts are tokenized, sorted by length and packed into batches in C with the GIL
@@ -619,9 +637,11 @@ cdef class Context:
         Parameters
         ----------
         texts : sequence of str
-            A list, tuple, numpy array of str, or any iterable of str. An empty sequence gives
-            a ``(0, n_embd)`` array. A text with no tokens (an empty string on a model that
-            adds no special tokens) gets a row of zeros.
+            A list, tuple, numpy array of str, pandas Series, pyarrow (large) string Array or
+            ChunkedArray (read straight from its buffers, as is a Series of
+            ``string[pyarrow]``), or any iterable of str. An empty sequence gives a
+            ``(0, n_embd)`` array. A text with no tokens (an empty string on a model that adds
+            no special tokens) gets a row of zeros.
         normalize : bool
             L2-normalise each row (cosine similarity is then a dot product).
         out : numpy.ndarray, optional
@@ -641,6 +661,9 @@ cdef class Context:
             Missing values (``None``, ``NaN``, ``pd.NA``): a TypeError naming the index, the
             embedding of ``""``, or left out (fewer rows than ``texts``). As in
             :meth:`Model.tokenize_batch`.
+        format : {"numpy", "arrow"}
+            ``"arrow"`` returns the same memory as a ``pyarrow.FixedSizeListArray`` of
+            float32 (a column for ``pa.table`` or Parquet; needs the ``arrow`` extra).
 
         On a context created with ``pooling="rank"`` (a reranker with a classification head)
         each row holds the model's ``n_cls_out`` scores, not normalised.
@@ -650,7 +673,9 @@ cdef class Context:
         >>> vectors.shape, float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2])  # doctest: +SKIP
         ((3, 384), True)
         """
-        return self._embed_call(texts, normalize, out, truncate, progress, batch_tokens, nulls, False)
+        _check_format(format)
+        result = self._embed_call(texts, normalize, out, truncate, progress, batch_tokens, nulls, False)
+        return _embeddings_as_arrow(result) if format == "arrow" else result
 
     def get_token_embeddings(self, texts, *, normalize=True, truncate=True, progress=None,
                              batch_tokens=None, nulls="raise"):
@@ -673,8 +698,9 @@ cdef class Context:
         normalize = _check_bool(normalize, "normalize")
         truncate = _check_bool(truncate, "truncate")
         _check_nulls(nulls)
-        items = _text_tuple(texts, "use get_embeddings(text) for one", nulls)
-        n = len(items)
+        cdef _TextBuffers buf = _text_input(texts, "use get_embeddings(text) for one", nulls,
+                                            False, "strict", INT32_MAX // 2)
+        n = buf.ptrs.size()
         if out is not None:
             if not isinstance(out, np.ndarray):
                 raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
@@ -730,7 +756,7 @@ cdef class Context:
                 progress = None
             view = result
             tokens, truncated, batches, values, offsets = _embed_into(
-                self, items, view, normalize and not rank, truncate, progress, budget, per_token, d)
+                self, buf, view, normalize and not rank, truncate, progress, budget, per_token, d)
         finally:
             self._leave()
             if bar is not None:
@@ -752,12 +778,90 @@ cdef class Context:
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         return self.get_embeddings_batch((text,), normalize=normalize, truncate=truncate)[0]
 
+    def embed(self, texts, *, normalize=True, batch_size=None, show_progress_bar=False,
+              nulls="raise", format="numpy"):
+        """Embeddings in one call, as sentence-transformers users expect: a single ``str``
+        gives a ``(n_embd,)`` array, a sequence an ``(N, n_embd)`` array.
+
+        ``show_progress_bar=True`` shows a tqdm bar. ``batch_size`` is accepted for
+        familiarity and changes nothing: texts are packed into decodes by tokens (see
+        ``batch_tokens`` of :meth:`get_embeddings_batch`, which this calls), not by count.
+        :meth:`encode` takes sentence-transformers' own parameter names and defaults.
+
+        >>> ctx.embed("a cat").shape, ctx.embed(["a cat", "a dog"]).shape   # doctest: +SKIP
+        ((384,), (2, 384))
+        """
+        if batch_size is not None:
+            _check_int(batch_size, "batch_size", 1, INT32_MAX)
+        _check_bool(show_progress_bar, "show_progress_bar")
+        if isinstance(texts, str):
+            _check_format(format)
+            one = self.get_embeddings_batch((texts,), normalize=normalize,
+                                            progress=True if show_progress_bar else None)
+            return _embeddings_as_arrow(one)[0] if format == "arrow" else one[0]
+        return self.get_embeddings_batch(texts, normalize=normalize, nulls=nulls, format=format,
+                                         progress=True if show_progress_bar else None)
+
+    def encode(self, sentences, *, prompt=None, batch_size=32, show_progress_bar=False,
+               output_value="sentence_embedding", precision="float32", convert_to_numpy=True,
+               convert_to_tensor=False, device=None, normalize_embeddings=False):
+        """sentence-transformers' ``SentenceTransformer.encode``, same names and defaults.
+
+        ``normalize_embeddings`` is False by default, as there (:meth:`embed` and
+        :meth:`get_embeddings_batch` normalise by default). ``prompt`` is prepended to each
+        sentence. ``output_value="token_embeddings"`` needs a context created with
+        ``pooling="none"`` and returns a list of ``(n_tokens, n_embd)`` arrays. Only float32
+        numpy output on this process's device exists: ``convert_to_tensor=True``, another
+        ``precision`` or a ``device`` other than ``None``/``"cpu"`` raise
+        :class:`OptionError`. ``batch_size`` changes nothing (packing is by tokens).
+
+        >>> ctx.encode(["a cat", "a dog"], normalize_embeddings=True).shape   # doctest: +SKIP
+        (2, 384)
+        """
+        if convert_to_tensor:
+            raise OptionError("convert_to_tensor=True: llama_cython returns numpy arrays; "
+                              "wrap the result with torch.from_numpy(...) for a tensor")
+        if precision != "float32":
+            raise OptionError(f"precision={precision!r}: only 'float32' embeddings are produced "
+                              "(quantize the model itself for smaller weights)")
+        if device is not None and device != "cpu":
+            raise OptionError(f"device={device!r}: the device is chosen when the model is loaded "
+                              "(load_model(n_gpu_layers=...)); pass device=None")
+        if output_value not in ("sentence_embedding", "token_embeddings"):
+            raise OptionError(f"output_value must be 'sentence_embedding' or 'token_embeddings', "
+                              f"got {output_value!r}")
+        _check_int(batch_size, "batch_size", 1, INT32_MAX)
+        _check_bool(show_progress_bar, "show_progress_bar")
+        _check_bool(convert_to_numpy, "convert_to_numpy")
+        single = isinstance(sentences, str)
+        texts = (sentences,) if single else _text_tuple(sentences, "", "raise")
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+            texts = tuple(prompt + t if isinstance(t, str) else t for t in texts)
+        bar = True if show_progress_bar else None
+        if output_value == "token_embeddings":
+            per_token = self.get_token_embeddings(texts, normalize=normalize_embeddings, progress=bar)
+            rows = [per_token[i] for i in range(len(texts))]
+            return rows[0] if single else rows
+        out = self.get_embeddings_batch(texts, normalize=normalize_embeddings, progress=bar)
+        if single:
+            return out[0]
+        return out if convert_to_numpy else list(out)
+
     def iter_embeddings(self, texts, *, chunk_size=1024, normalize=True, truncate=True,
-                        nulls="raise"):
+                        nulls="raise", progress=None, format="numpy"):
         """Embed an iterable of texts of any length, chunk by chunk, for pipelines.
 
         Yields float32 arrays of shape ``(chunk_size, n_embd)`` (the last one may be shorter),
-        in input order, holding only one chunk of texts and vectors at a time.
+        in input order, holding only one chunk of texts and vectors at a time. A list, numpy
+        array, pandas Series or pyarrow array is cut into slices (Arrow's without a copy); any
+        other iterable is read ``chunk_size`` texts at a time.
+
+        ``progress``: ``True`` shows one tqdm bar over all chunks (its total is ``len(texts)``
+        when the input has a length), or a callable ``progress(n)`` called after each decoded
+        batch with the texts it embedded. ``format="arrow"`` yields
+        ``pyarrow.FixedSizeListArray`` chunks instead (the same memory).
 
         >>> for block in ctx.iter_embeddings(open("corpus.txt"), chunk_size=4096):  # doctest: +SKIP
         ...     sink.write(block)
@@ -768,9 +872,26 @@ cdef class Context:
                                "iter_embeddings yields one vector per text")
         _check_int(chunk_size, "chunk_size", 1, INT32_MAX)
         _check_nulls(nulls)
+        _check_format(format)
         if isinstance(texts, (str, bytes)):
             raise TypeError("texts must be an iterable of str, not a single text")
-        return _iter_embeddings(self, iter(texts), chunk_size, normalize, truncate, nulls)
+        if progress is True:
+            require("tqdm.auto", "progress=True (or pass a callable)")
+        elif progress is not None and progress is not False and not callable(progress):
+            raise TypeError(f"progress must be callable or a bool, got {type(progress).__name__}")
+        arrow = _arrow_of(texts)
+        if arrow is not None:
+            texts = arrow
+        sliceable = arrow is not None or isinstance(texts, (list, tuple, np.ndarray))
+        if not sliceable and (type(texts).__module__ or "").startswith("pandas") and hasattr(texts, "iloc"):
+            texts = texts.iloc          # positional slices of a Series
+            sliceable = True
+        try:
+            total = len(texts.obj if hasattr(texts, "obj") else texts)
+        except TypeError:
+            total = None
+        return _iter_embeddings(self, texts if sliceable else iter(texts), sliceable, total,
+                                chunk_size, normalize, truncate, nulls, progress, format)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -939,13 +1060,44 @@ cdef _drive_callback(GenerationStream stream, object callback):
         stream.close()
 
 
-def _iter_embeddings(Context ctx, object it, int chunk_size, object normalize, object truncate,
-                     str nulls):
-    chunk = []
-    for text in it:
-        chunk.append(text)
-        if len(chunk) == chunk_size:
-            yield ctx.get_embeddings_batch(chunk, normalize=normalize, truncate=truncate, nulls=nulls)
-            chunk = []
-    if chunk:
-        yield ctx.get_embeddings_batch(chunk, normalize=normalize, truncate=truncate, nulls=nulls)
+def _iter_embeddings(Context ctx, object texts, bint sliceable, object total, int chunk_size,
+                     object normalize, object truncate, str nulls, object progress, str format):
+    bar = None
+    if progress is True:
+        bar = require("tqdm.auto", "progress=True").tqdm(total=total, unit="text")
+        progress = bar.update
+    elif progress is False:
+        progress = None
+    try:
+        if sliceable:
+            for start in range(0, total, chunk_size):
+                yield ctx.get_embeddings_batch(texts[start:start + chunk_size], normalize=normalize,
+                                               truncate=truncate, nulls=nulls, progress=progress,
+                                               format=format)
+            return
+        chunk = []
+        for text in texts:
+            chunk.append(text)
+            if len(chunk) == chunk_size:
+                yield ctx.get_embeddings_batch(chunk, normalize=normalize, truncate=truncate,
+                                               nulls=nulls, progress=progress, format=format)
+                chunk = []
+        if chunk:
+            yield ctx.get_embeddings_batch(chunk, normalize=normalize, truncate=truncate,
+                                           nulls=nulls, progress=progress, format=format)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+cdef int _check_format(object format) except -1:
+    if not isinstance(format, str) or format not in ("numpy", "arrow"):
+        raise OptionError(f"format must be 'numpy' or 'arrow', got {format!r}")
+    return 0
+
+
+cdef object _embeddings_as_arrow(object rows):
+    """An (N, D) float32 array as a pyarrow FixedSizeListArray on the same memory."""
+    pa = require("pyarrow", "format='arrow'")
+    flat = pa.array(rows.reshape(-1), type=pa.float32())
+    return pa.FixedSizeListArray.from_arrays(flat, rows.shape[1])

@@ -89,6 +89,10 @@ class Model:
     @property
     def vocab_only(self) -> bool: ...
     @property
+    def load_options(self) -> dict[str, Any]: ...
+    def __reduce__(self) -> tuple[Any, ...]: ...
+    def __dask_tokenize__(self) -> tuple[Any, ...]: ...
+    @property
     def closed(self) -> bool: ...
     @property
     def n_vocab(self) -> int: ...
@@ -202,6 +206,10 @@ class Context:
     @property
     def model(self) -> Model: ...
     @property
+    def options(self) -> dict[str, Any]: ...
+    def __reduce__(self) -> tuple[Any, ...]: ...
+    def __dask_tokenize__(self) -> tuple[Any, ...]: ...
+    @property
     def closed(self) -> bool: ...
     @property
     def prefix_caching(self) -> Literal["exact", "any", "off"]: ...
@@ -306,6 +314,7 @@ class Context:
     ) -> list[ChatResponse]: ...
     @property
     def last_embedding_stats(self) -> EmbeddingStats | None: ...
+    @overload
     def get_embeddings_batch(
         self,
         texts: Iterable[str],
@@ -316,7 +325,21 @@ class Context:
         progress: Callable[[int], bool | None] | bool | None = None,
         batch_tokens: int | None = None,
         nulls: _Nulls = "raise",
+        format: Literal["numpy"] = "numpy",
     ) -> npt.NDArray[np.float32]: ...
+    @overload
+    def get_embeddings_batch(
+        self,
+        texts: Iterable[str],
+        *,
+        normalize: bool = True,
+        out: npt.NDArray[np.float32] | None = None,
+        truncate: bool = True,
+        progress: Callable[[int], bool | None] | bool | None = None,
+        batch_tokens: int | None = None,
+        nulls: _Nulls = "raise",
+        format: Literal["arrow"],
+    ) -> Any: ...
     def get_token_embeddings(
         self,
         texts: Iterable[str],
@@ -333,7 +356,35 @@ class Context:
     def iter_embeddings(
         self, texts: Iterable[str], *, chunk_size: int = 1024, normalize: bool = True,
         truncate: bool = True, nulls: _Nulls = "raise",
-    ) -> Iterator[npt.NDArray[np.float32]]: ...
+        progress: Callable[[int], bool | None] | bool | None = None,
+        format: Literal["numpy", "arrow"] = "numpy",
+    ) -> Iterator[Any]: ...
+    @overload
+    def embed(
+        self, texts: str, *, normalize: bool = True, batch_size: int | None = None,
+        show_progress_bar: bool = False, nulls: _Nulls = "raise",
+        format: Literal["numpy"] = "numpy",
+    ) -> npt.NDArray[np.float32]: ...
+    @overload
+    def embed(
+        self, texts: Iterable[str], *, normalize: bool = True, batch_size: int | None = None,
+        show_progress_bar: bool = False, nulls: _Nulls = "raise",
+        format: Literal["numpy"] = "numpy",
+    ) -> npt.NDArray[np.float32]: ...
+    @overload
+    def embed(
+        self, texts: str | Iterable[str], *, normalize: bool = True,
+        batch_size: int | None = None, show_progress_bar: bool = False,
+        nulls: _Nulls = "raise", format: Literal["arrow"],
+    ) -> Any: ...
+    def encode(
+        self, sentences: str | Iterable[str], *, prompt: str | None = None,
+        batch_size: int = 32, show_progress_bar: bool = False,
+        output_value: Literal["sentence_embedding", "token_embeddings"] = "sentence_embedding",
+        precision: Literal["float32"] = "float32", convert_to_numpy: bool = True,
+        convert_to_tensor: Literal[False] = False, device: Literal["cpu"] | None = None,
+        normalize_embeddings: bool = False,
+    ) -> Any: ...
     @property
     def busy(self) -> bool: ...
     def get_logits(self) -> npt.NDArray[np.float32]: ...

@@ -82,6 +82,7 @@ from llama_cython.errors import (
     OptionError,
     TokenizeError,
 )
+from llama_cython import _pickling
 from llama_cython._optional import require
 from llama_cython.encoding import Encoding
 from llama_cython.stats import BatchStats, ChatResponse, ChatUsage, EmbeddingStats, GenerationStats

@@ -161,10 +161,10 @@ cdef int _embed_batch(_EmbedLoop * e, bint per_token) except -1 nogil:
     return _EMBED_DONE
 
 
-cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint normalize,
+cdef object _embed_into(Context self, _TextBuffers buf, float[:, ::1] out, bint normalize,
                         bint truncate, object progress, int32_t budget, bint per_token,
                         int32_t d):
-    """Embed ``texts`` into the rows of ``out``; returns (tokens, truncated, batches, None, None).
+    """Embed the texts of ``buf`` into the rows of ``out``; returns (tokens, truncated, batches, None, None).
 
     ``d`` floats are read per row: n_embd_out, or n_cls_out for rank pooling (scores). The
     caller holds the context (``_enter``). The KV cache is left empty, whatever happens.
@@ -174,7 +174,7 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
     returns (tokens, truncated, batches, values, offsets).
     """
     cdef const ll.llama_vocab * vocab = self.model._vocab
-    cdef Py_ssize_t n = len(texts), i, too_long = -1
+    cdef Py_ssize_t n = buf.ptrs.size(), i, too_long = -1
     cdef int32_t n_seq_max = ll.llama_n_seq_max(self._ctx)
     cdef int32_t max_len = ll.llama_n_ubatch(self._ctx)   # a text must fit one ubatch
     cdef int32_t n_train = ll.llama_model_n_ctx_train(self.model._model)
@@ -204,7 +204,6 @@ cdef object _embed_into(Context self, tuple texts, float[:, ::1] out, bint norma
     _check_specials(self.model, True)
     # Tokenized as tokenize_batch does (C++ threads, as many as the text volume pays for),
     # then cut to what one batch can hold.
-    cdef _TextBuffers buf = _TextBuffers(texts, False, "strict", INT32_MAX // 2)
     counts, ids = _tokenize_buffers(self.model, buf, True, False,
                                     _batch_threads(None, buf.total, n), True)
     if n:

@@ -83,6 +83,15 @@ def load_model(path, *, n_gpu_layers=-1, use_mmap=True, use_mlock=False, main_gp
             split[i] = values[i]
 
     cdef bint has_head = _precheck_gguf(bpath, shown)
+    # What pickle carries (see _pickling.py): the options, the absolute path, the file's identity.
+    options = {"n_gpu_layers": int(n_gpu_layers), "use_mmap": bool(use_mmap), "use_mlock": bool(use_mlock),
+               "main_gpu": int(main_gpu), "vocab_only": bool(vocab_only),
+               "check_tensors": bool(check_tensors),
+               "tensor_split": None if tensor_split is None else tuple(float(v) for v in values)}
+    try:
+        identity = _pickling.file_identity(bpath)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {shown}: {exc}") from None
 
     cdef ll.llama_model_params params = ll.llama_model_default_params()
     params.n_gpu_layers = n_gpu_layers
@@ -129,6 +138,9 @@ def load_model(path, *, n_gpu_layers=-1, use_mmap=True, use_mlock=False, main_gp
     cdef Model model = Model.__new__(Model)
     model._attach(raw, shown, vocab_only)
     model._has_cls_head = has_head
+    model._options = options
+    model._abspath = os.path.abspath(shown)
+    model._identity = identity
     if model.metadata.get("tokenizer.ggml.pre") == "whitespace":
         ll.guard_spaces(model._vocab, True)
         model._spaces_guarded = True
@@ -157,6 +169,9 @@ cdef class Model:
     cdef dict _holders           # thread ident -> calls of that thread holding the model
     cdef dict _metadata
     cdef tuple _vocab_arrays     # the vocabulary table, built on first use (no reference back)
+    cdef dict _options           # load_model's options, as pickle carries them
+    cdef str _abspath            # the file, absolute
+    cdef tuple _identity         # (size, sha256 of its first MiB) when loaded
     cdef object __weakref__
 
     def __cinit__(self):
@@ -255,6 +270,29 @@ cdef class Model:
             return f"<llama_cython.Model path={self.path!r} closed>"
         return (f"<llama_cython.Model {self.description!r} path={self.path!r} "
                 f"n_vocab={self._n_vocab} n_ctx_train={self.n_ctx_train}>")
+
+    # -- pickling ---------------------------------------------------------------------------
+
+    @property
+    def load_options(self):
+        """The options :func:`load_model` was given (without ``progress`` and ``verbose``),
+        as a new dict: what a pickled model is loaded with again."""
+        return dict(self._options)
+
+    cdef dict _spec(self):
+        if self._model == NULL:
+            raise ClosedError("model is closed")
+        _pickling.remember(self, self._abspath, self._identity, self._options)
+        return _pickling.model_spec(self._abspath, self._identity, self._options)
+
+    def __reduce__(self):
+        """Pickle as what the model was loaded from (see :mod:`pickle` and the pipelines
+        guide): the receiving process loads the same file with the same options, once, after
+        checking the file is the same (size and the sha256 of its first MiB)."""
+        return (_pickling.restore_model, (self._spec(),))
+
+    def __dask_tokenize__(self):
+        return _pickling.model_token(self._spec())
 
     # -- facts ------------------------------------------------------------------------------
 
@@ -580,10 +618,18 @@ cdef class Model:
             attention most), so greedy output may differ from a fresh context's at near ties.
             ``"off"`` (or False): decode every prompt in full.
         """
+        cdef Context ctx
         self._acquire()
         try:
-            return Context._create(self, n_ctx, n_batch, n_ubatch, n_threads, n_threads_batch,
-                                   kv_cache_type, flash_attn, embeddings, pooling, n_parallel,
-                                   prefix_caching)
+            ctx = Context._create(self, n_ctx, n_batch, n_ubatch, n_threads, n_threads_batch,
+                                  kv_cache_type, flash_attn, embeddings, pooling, n_parallel,
+                                  prefix_caching)
         finally:
             self._release()
+        # What a pickled context is created with again (checked values, as given).
+        ctx._spec = {"n_ctx": n_ctx, "n_batch": n_batch, "n_ubatch": n_ubatch,
+                     "n_threads": n_threads, "n_threads_batch": n_threads_batch,
+                     "kv_cache_type": kv_cache_type, "flash_attn": flash_attn,
+                     "embeddings": embeddings, "pooling": pooling, "n_parallel": n_parallel,
+                     "prefix_caching": prefix_caching}
+        return ctx

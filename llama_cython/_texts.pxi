@@ -44,6 +44,9 @@ cdef tuple _text_tuple(object texts, str hint, str nulls="raise"):
                         f"{type(texts).__name__}" + (f" of shape {shape}" if shape is not None else "")
                         + "; pass a single column, e.g. df['text']")
     cdef tuple items
+    arrow = _arrow_of(texts)
+    if arrow is not None and hasattr(arrow, "to_pylist"):
+        texts = arrow.to_pylist()       # Arrow nulls read as None, then follow ``nulls``
     if isinstance(texts, tuple):
         items = <tuple>texts
     else:
@@ -126,22 +129,64 @@ cdef class _TextBuffers:
 cdef const char * _EMPTY = ""
 
 
+cdef bint _is_arrow_text(object pa, object t):
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+cdef object _arrow_of(object texts):
+    """The pyarrow Array or ChunkedArray holding ``texts``, or None: ``texts`` itself, or the
+    Arrow data under a pandas Series/Index/array backed by Arrow (``string[pyarrow]``,
+    ``pd.ArrowDtype(pa.string())``), without a copy."""
+    module = type(texts).__module__ or ""
+    if module.startswith("pyarrow"):
+        return texts
+    if module.startswith("pandas"):
+        arr = getattr(texts, "array", texts)
+        if "pyarrow" in str(getattr(arr, "dtype", "")) and hasattr(arr, "__arrow_array__"):
+            try:
+                return arr.__arrow_array__()
+            except Exception:   # an older pandas without the protocol for this dtype
+                return None
+    return None
+
+
+cdef object _offsets_layout(object pa, object chunk):
+    """A chunk of texts in the offsets-and-data layout the buffers are read from."""
+    if pa.types.is_dictionary(chunk.type) and _is_arrow_text(pa, chunk.type.value_type):
+        chunk = chunk.dictionary_decode()       # a categorical column (copies the texts)
+    if pa.types.is_string_view(chunk.type):
+        chunk = chunk.cast(pa.large_string())   # views point into many buffers: one copy
+    return chunk
+
+
+cdef _TextBuffers _text_input(object texts, str hint, str nulls, bint allow_bytes=False,
+                              str errors="strict", int64_t max_size=INT32_MAX):
+    """The borrowed UTF-8 buffers of ``texts``: read from Arrow's buffers where ``texts`` is
+    (or sits on) Arrow data, else from each str of :func:`_text_tuple`."""
+    cdef _TextBuffers buf = _arrow_text_buffers(texts, nulls)
+    if buf is None:
+        buf = _TextBuffers(_text_tuple(texts, hint, nulls), allow_bytes, errors, max_size)
+    return buf
+
+
 cdef _TextBuffers _arrow_text_buffers(object texts, str nulls="raise"):
     """_TextBuffers over the buffers of a pyarrow string Array or ChunkedArray (no copy, no
     Python object per text), or None when ``texts`` is not one. Arrow's strings are UTF-8 by
     its specification; a text that is not is a TokenizeError. Nulls follow ``nulls``: a
     TypeError naming the index, an empty text, or left out."""
-    if not (type(texts).__module__ or "").startswith("pyarrow"):
+    texts = _arrow_of(texts)
+    if texts is None:
         return None
     import pyarrow as pa
-    if nulls == "skip" and isinstance(texts, (pa.Array, pa.ChunkedArray)) and texts.null_count:
-        texts = texts.drop_null()
     if isinstance(texts, pa.ChunkedArray):
         chunks = list(texts.chunks)
     elif isinstance(texts, pa.Array):
         chunks = [texts]
     else:
         return None
+    chunks = [_offsets_layout(pa, c) for c in chunks]
+    if nulls == "skip":
+        chunks = [c.drop_null() if c.null_count else c for c in chunks]
     cdef _TextBuffers buf = _TextBuffers.__new__(_TextBuffers, ())
     buf.replaced = chunks          # keeps the Arrow buffers alive while the pointers are used
     cdef Py_ssize_t start = 0, i, k, at

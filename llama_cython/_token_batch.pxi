@@ -41,10 +41,7 @@ cdef object _run_tokenize_batch(Model m, object texts, bint add_special, bint pa
     if errors not in ("strict", "replace"):
         raise OptionError(f"errors must be 'strict' or 'replace', got {errors!r}")
     _check_nulls(nulls)
-    cdef _TextBuffers buf = _arrow_text_buffers(texts, nulls)
-    if buf is None:
-        buf = _TextBuffers(_text_tuple(texts, "use tokenize(text) for one", nulls), True, errors,
-                           INT32_MAX)
+    cdef _TextBuffers buf = _text_input(texts, "use tokenize(text) for one", nulls, True, errors)
     _check_specials(m, add_special)
     return _tokenize_buffers(m, buf, add_special, parse_special,
                              _batch_threads(n_threads, buf.total, buf.ptrs.size()), keep_ids)
