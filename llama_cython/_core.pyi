@@ -64,6 +64,9 @@ def quantize_model(
     *,
     allow_requantize: bool = False,
     n_threads: int | None = None,
+    token_embedding_type: str | None = None,
+    output_tensor_type: str | None = None,
+    tensor_types: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
 ) -> None: ...
 def load_model(
     path: _Path,

@@ -9,7 +9,50 @@ _FTYPES = {
 }
 
 
-def quantize_model(src, dst, ftype, *, allow_requantize=False, n_threads=None):
+# Tensor types accepted per tensor (token_embedding_type, output_tensor_type, tensor_types),
+# with ggml's ggml_type values.
+_TENSOR_TYPES = {
+    "f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q2_k": 10,
+    "q3_k": 11, "q4_k": 12, "q5_k": 13, "q6_k": 14, "bf16": 30,
+}
+
+
+cdef int _tensor_type(object name, str what) except -1:
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, got {type(name).__name__}")
+    if name.lower() not in _TENSOR_TYPES:
+        raise OptionError(f"unknown tensor type {name!r} for {what}; one of {', '.join(_TENSOR_TYPES)}")
+    return _TENSOR_TYPES[name.lower()]
+
+
+cdef list _tensor_overrides(object tensor_types):
+    """[(pattern bytes, ggml type)] from a mapping or pairs of (regex, type name)."""
+    items = tensor_types.items() if hasattr(tensor_types, "items") else tensor_types
+    out = []
+    try:
+        pairs = list(items)
+    except TypeError:
+        raise TypeError("tensor_types must be a mapping or pairs of (pattern, type)") from None
+    if len(pairs) > 1024:
+        raise OptionError(f"tensor_types has {len(pairs)} entries; at most 1024")
+    for pair in pairs:
+        try:
+            pattern, name = pair
+        except (TypeError, ValueError):
+            raise TypeError("tensor_types must be a mapping or pairs of (pattern, type)") from None
+        if not isinstance(pattern, str) or not pattern or len(pattern) > 512 or "\0" in pattern:
+            raise OptionError(f"tensor_types: a pattern must be a non-empty str of at most 512 "
+                              f"characters, got {pattern!r}")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise OptionError(f"tensor_types: bad regular expression {pattern!r}: {exc}") from None
+        out.append((pattern.encode(), _tensor_type(name, f"tensor_types[{pattern!r}]")))
+    return out
+
+
+def quantize_model(src, dst, ftype, *, allow_requantize=False, n_threads=None,
+                   token_embedding_type=None, output_tensor_type=None, tensor_types=None):
     """Write the model ``src`` to ``dst`` with its weights at precision ``ftype``.
 
     Parameters
@@ -27,6 +70,12 @@ def quantize_model(src, dst, ftype, *, allow_requantize=False, n_threads=None):
         ``"f16"`` needs it: the values are dequantized exactly, nothing is lost.
     n_threads : int, optional
         Threads for the conversion (default: all cores).
+    token_embedding_type, output_tensor_type : str, optional
+        Another type for the token embedding table / the output matrix (``"f16"``,
+        ``"q8_0"``...; llama.cpp's ``--token-embedding-type`` / ``--output-tensor-type``).
+    tensor_types : mapping of str to str, optional
+        Per-tensor types: a regular expression on tensor names (``"attn_.*"``,
+        ``"blk\\.0\\..*"``) to a type, as llama.cpp's ``--tensor-type``; the first match wins.
 
     Raises
     ------
@@ -55,6 +104,21 @@ def quantize_model(src, dst, ftype, *, allow_requantize=False, n_threads=None):
     params.nthread = n_threads or 0
     params.ftype = <ll.llama_ftype><int>_FTYPES[ftype.lower()]
     params.allow_requantize = allow_requantize
+    if token_embedding_type is not None:
+        params.token_embedding_type = <ggml.ggml_type>_tensor_type(token_embedding_type, "token_embedding_type")
+    if output_tensor_type is not None:
+        params.output_tensor_type = <ggml.ggml_type>_tensor_type(output_tensor_type, "output_tensor_type")
+    cdef vector[ll.llama_model_tensor_override] overrides
+    cdef ll.llama_model_tensor_override end
+    keep = _tensor_overrides(tensor_types) if tensor_types is not None else []
+    if keep:
+        overrides.resize(len(keep) + 1)
+        for i, (pattern, t) in enumerate(keep):
+            overrides[i].pattern = <const char *>pattern
+            overrides[i].type = <ggml.ggml_type><int>t
+        end.pattern = NULL
+        overrides[len(keep)] = end
+        params.tt_overrides = overrides.data()
     if not bdst or os.path.isdir(bdst) or bdst.endswith(b"/"):
         raise OptionError(f"dst must name a file, got {os.fsdecode(dst)!r}")
     folder = os.path.dirname(os.path.abspath(bdst))

@@ -168,11 +168,17 @@ cdef extern from "llama.h" nogil:
     # quantization (the fields llama_cython sets; the rest keep their defaults)
     enum llama_ftype:
         LLAMA_FTYPE_ALL_F32
+    cdef struct llama_model_tensor_override:
+        const char * pattern
+        ggml_type type
     ctypedef struct llama_model_quantize_params:
         int32_t nthread
         llama_ftype ftype
+        ggml_type output_tensor_type
+        ggml_type token_embedding_type
         bint allow_requantize
         bint quantize_output_tensor
+        const llama_model_tensor_override * tt_overrides
     llama_model_quantize_params llama_model_quantize_default_params()
     uint32_t llama_model_quantize(const char * fname_inp, const char * fname_out,
                                   const llama_model_quantize_params * params) except +raise_cpp_error

@@ -53,3 +53,19 @@ def use_system_info() -> str:
     variants: tuple[str, ...] = info.cpu_variants
     cpu: dict[str, str] = info.backend_features.get("CPU", {})
     return f"{info.cpu_variant} of {variants}: {sorted(cpu)} {info!s}"
+
+
+def use_jobs(model: llama.Model, ctx: llama.Context) -> int:
+    from pathlib import Path
+
+    from llama_cython import jobs
+
+    done: list[int] = []
+    r: jobs.JobResult = jobs.embed_file(ctx, "in.parquet", Path("out.npy"), chunk_rows=1024,
+                                        nulls="empty", progress=lambda d, t: done.append(d))
+    g = jobs.generate_file(ctx, "in.jsonl", "out.parquet", id_column="id", stop=["\n"],
+                           temperature=0.0, seed=1)
+    c = jobs.count_file(model, "in.txt", None, add_special=False)
+    rows = sum(len(b) + b.start for b in jobs.read_table_batches("in.csv", "text", batch_rows=64))
+    out: Path | None = r.output
+    return r.rows + g.chunks_resumed + (c.tokens or 0) + rows + jobs.count_rows("in.txt") + len(str(out))
