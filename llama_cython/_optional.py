@@ -12,7 +12,7 @@ from types import ModuleType
 __all__ = ["EXTRAS", "require"]
 
 # module -> the extra that installs it (pyproject.toml's [project.optional-dependencies])
-EXTRAS = {"pandas": "pandas", "pyarrow": "arrow", "tqdm": "progress"}
+EXTRAS = {"pandas": "pandas", "pyarrow": "arrow", "tqdm": "progress", "ray": "ray", "dask": "dask"}
 
 
 def require(module: str, feature: str) -> ModuleType:

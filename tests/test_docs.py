@@ -38,7 +38,9 @@ BLOCKS = [(doc, i) for doc in DOCS for i in range(len(_python_blocks(doc)))]
 @pytest.mark.parametrize(("doc", "index"), BLOCKS, ids=[f"{d.name}-{i}" for d, i in BLOCKS])
 def test_doc_python_blocks_run(doc: Path, index: int, capsys: pytest.CaptureFixture[str]) -> None:
     code = _python_blocks(doc)[index]
-    exec(compile(code, f"{doc.name}[python block {index}]", "exec"), {})
+    # run as a script runs it: examples that start worker processes with spawn guard their
+    # work with `if __name__ == "__main__":` (the workers import the real __main__, not this)
+    exec(compile(code, f"{doc.name}[python block {index}]", "exec"), {"__name__": "__main__"})
     out = capsys.readouterr().out
     assert out.strip(), "the example printed nothing"
 

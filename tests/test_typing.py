@@ -19,6 +19,7 @@ def test_mypy_strict() -> None:
         "llama_cython/models.py", "llama_cython/_core.pyi",
         "llama_cython/chat.py", "llama_cython/template_sandbox.py", "llama_cython/streaming.py",
         "llama_cython/token_batch.py", "llama_cython/jobs", "llama_cython/cli", "llama_cython/__main__.py",
+        "llama_cython/integrations",
         "llama_cython/encoding.py", "llama_cython/vocab.py", "llama_cython/_loader.py",
         "llama_cython/_optional.py", "llama_cython/system.py", "llama_cython/_cpuid.pyi",
         "tests/typing/usage.py",
