@@ -171,7 +171,7 @@ cdef class Model:
     cdef tuple _vocab_arrays     # the vocabulary table, built on first use (no reference back)
     cdef dict _options           # load_model's options, as pickle carries them
     cdef str _abspath            # the file, absolute
-    cdef tuple _identity         # (size, sha256 of its first MiB) when loaded
+    cdef tuple _identity         # (size, sha256 of a sample of its bytes) when loaded
     cdef object __weakref__
 
     def __cinit__(self):
@@ -288,7 +288,7 @@ cdef class Model:
     def __reduce__(self):
         """Pickle as what the model was loaded from (see :mod:`pickle` and the pipelines
         guide): the receiving process loads the same file with the same options, once, after
-        checking the file is the same (size and the sha256 of its first MiB)."""
+        checking the file is the same (size and a sha256 over a sample of its bytes)."""
         return (_pickling.restore_model, (self._spec(),))
 
     def __dask_tokenize__(self):

@@ -2,10 +2,11 @@
 
 A :class:`~llama_cython.Model` pickles as what it was loaded from: the file (its absolute path
 and, when it lives in the model cache, its registry name), every load option, and the file's
-identity (size and the sha256 of its first MiB, where a GGUF keeps its metadata and tensor
-table). Unpickling loads the model again, after checking that the file it finds is the one the
-sender had. A :class:`~llama_cython.Context` pickles as its model plus the options it was
-created with; unpickling creates a fresh context (its KV cache and conversation do not travel).
+identity (its size and a sha256 over a sample of its bytes: the first MiB, where a GGUF keeps
+its metadata and tensor table, the last MiB and eight blocks in between). Unpickling loads the
+model again, after checking that the file it finds is the one the sender had. A
+:class:`~llama_cython.Context` pickles as its model plus the options it was created with;
+unpickling creates a fresh context (its KV cache and conversation do not travel).
 
 Unpickling the same model twice in one process loads it once: a process-wide table maps each
 (file, identity, options) to the model already loaded, so ``pickle.loads(pickle.dumps(model))``
@@ -27,8 +28,11 @@ from typing import Any
 
 __all__ = ["clear_model_cache", "file_identity", "model_token", "restore_context", "restore_model"]
 
-#: Bytes of the file hashed for its identity: a GGUF's header, metadata and tensor table.
+#: Bytes hashed at each end of the file for its identity (a GGUF's header, metadata and tensor
+#: table at the start; weights at the end), and the blocks sampled in between.
 HEAD_BYTES = 1 << 20
+SAMPLE_BLOCKS = 8
+SAMPLE_BYTES = 1 << 16
 
 _lock = threading.Lock()
 _live: weakref.WeakValueDictionary[tuple[Any, ...], Any] = weakref.WeakValueDictionary()
@@ -36,11 +40,32 @@ _kept: dict[tuple[Any, ...], Any] = {}
 
 
 def file_identity(path: str | os.PathLike[str] | bytes) -> tuple[int, str]:
-    """``(size, sha256 of the first MiB)`` of a file: cheap, and different for any other model."""
+    """``(size, sha256 of a sample)`` of a file: its first and last MiB and eight 64 KiB blocks
+    spread between them (under 3 MiB read, whatever the size). Two model files that differ in
+    their metadata, tensor table, or weights near the sampled places differ here; a file edited
+    elsewhere in place, at the same size, can pass (this is a check against the wrong file, not
+    against tampering)."""
+    h = hashlib.sha256()
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        head = f.read(HEAD_BYTES)
-    return size, hashlib.sha256(head).hexdigest()
+        h.update(f.read(HEAD_BYTES))
+        if size > 2 * HEAD_BYTES:
+            span = size - 2 * HEAD_BYTES
+            for i in range(SAMPLE_BLOCKS):
+                f.seek(HEAD_BYTES + span * i // SAMPLE_BLOCKS)
+                h.update(f.read(SAMPLE_BYTES))
+        if size > HEAD_BYTES:
+            f.seek(max(HEAD_BYTES, size - HEAD_BYTES))
+            h.update(f.read(HEAD_BYTES))
+    return size, h.hexdigest()
+
+
+def normalize_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Load options in the form a spec carries (hashable, plain values, sorted)."""
+    out = dict(options)
+    if out.get("tensor_split") is not None:
+        out["tensor_split"] = tuple(float(v) for v in out["tensor_split"])
+    return dict(sorted(out.items()))
 
 
 def _registry_name(path: str) -> str | None:
@@ -66,43 +91,54 @@ def _key(path: str, identity: tuple[int, str], options: dict[str, Any]) -> tuple
 def model_spec(path: str, identity: tuple[int, str], options: dict[str, Any]) -> dict[str, Any]:
     """What a pickled model carries (plain values only, in a fixed order)."""
     return {"path": path, "registry": _registry_name(path), "size": identity[0],
-            "head_sha256": identity[1], "options": dict(sorted(options.items()))}
+            "sample_sha256": identity[1], "options": normalize_options(options)}
 
 
 def remember(model: Any, path: str, identity: tuple[int, str], options: dict[str, Any]) -> None:
     """Note a live model so that unpickling its spec in this process returns it."""
+    key = _key(path, identity, options)
     with _lock:
-        _live.setdefault(_key(path, identity, options), model)
+        current = _live.get(key)
+        if current is None or current.closed:
+            _live[key] = model
 
 
 def _locate(spec: dict[str, Any]) -> tuple[str, tuple[int, str]]:
     """The file on this machine that matches the spec: its own path, else the registry's copy."""
     from llama_cython.errors import ModelLoadError, ModelNotFoundError
 
-    want = (spec["size"], spec["head_sha256"])
+    want = (spec["size"], spec["sample_sha256"])
     tried: list[str] = []
     path = spec["path"]
-    if os.path.isfile(path):
-        got = file_identity(path)
-        if got == want:
-            return path, got
-        tried.append(f"{path} is {got[0]} bytes with header sha256 {got[1][:16]}...")
-    if spec.get("registry"):
-        from llama_cython import models
+    try:
+        if os.path.isfile(path):
+            got = file_identity(path)
+            if got == want:
+                return path, got
+            tried.append(f"{path} is {got[0]} bytes with sampled sha256 {got[1][:16]}...")
+        if spec.get("registry"):
+            from llama_cython import models
 
-        reg = str(models.model_path(spec["registry"]))
-        got = file_identity(reg)
-        if got == want:
-            return reg, got
-        tried.append(f"registry model {spec['registry']!r} at {reg} is {got[0]} bytes with header "
-                     f"sha256 {got[1][:16]}...")
+            try:
+                reg = str(models.model_path(spec["registry"]))
+            except KeyError as exc:
+                raise ModelLoadError(f"cannot unpickle the model: {exc.args[0]} (this process has "
+                                     "another version of llama_cython's registry)") from None
+            got = file_identity(reg)
+            if got == want:
+                return reg, got
+            tried.append(f"registry model {spec['registry']!r} at {reg} is {got[0]} bytes with "
+                         f"sampled sha256 {got[1][:16]}...")
+    except OSError as exc:
+        raise ModelLoadError(f"cannot unpickle the model: cannot read {exc.filename or path}: "
+                             f"{exc.strerror or exc}") from None
     if not tried:
         raise ModelNotFoundError(
             f"cannot unpickle the model: model file not found: {path} (the pickled model was "
             "loaded from that file; it must exist at the same path on this machine)")
     raise ModelLoadError(
         f"cannot unpickle the model: the file here is not the one it was loaded from "
-        f"(that was {want[0]} bytes with header sha256 {want[1][:16]}...; "
+        f"(that was {want[0]} bytes with sampled sha256 {want[1][:16]}...; "
         + "; ".join(tried) + ")")
 
 
@@ -110,8 +146,8 @@ def restore_model(spec: dict[str, Any]) -> Any:
     """Unpickle a model: the one already loaded in this process, or load it (once)."""
     from llama_cython import load_model
 
-    options = dict(spec["options"])
-    want = (spec["size"], spec["head_sha256"])
+    options = normalize_options(spec["options"])
+    want = (spec["size"], spec["sample_sha256"])
     key = _key(spec["path"], want, options)
     with _lock:
         model = _live.get(key)
@@ -123,8 +159,6 @@ def restore_model(spec: dict[str, Any]) -> Any:
             model = _live.get(key2)
             if model is not None and not model.closed:
                 return model
-        if options.get("tensor_split") is not None:
-            options["tensor_split"] = list(options["tensor_split"])
         model = load_model(path, **options)
         _live[key] = model
         _kept[key] = model
@@ -157,5 +191,5 @@ def clear_model_cache() -> int:
 def model_token(spec: dict[str, Any]) -> tuple[Any, ...]:
     """A deterministic token for Dask and ``datasets`` fingerprints: the file's identity and
     the load options (not the path, so the same file in another folder hashes the same)."""
-    return ("llama_cython.Model", spec["size"], spec["head_sha256"],
-            tuple(sorted(spec["options"].items())))
+    return ("llama_cython.Model", spec["size"], spec["sample_sha256"],
+            tuple(normalize_options(spec["options"]).items()))

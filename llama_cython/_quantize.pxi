@@ -17,6 +17,53 @@ _TENSOR_TYPES = {
 }
 
 
+# Values per block of each tensor type: a row must hold whole blocks.
+_TENSOR_BLOCKS = {
+    "f32": 1, "f16": 1, "bf16": 1, "q4_0": 32, "q4_1": 32, "q5_0": 32, "q5_1": 32, "q8_0": 32,
+    "q2_k": 256, "q3_k": 256, "q4_k": 256, "q5_k": 256, "q6_k": 256,
+}
+
+
+cdef object _embedding_length(bytes bpath):
+    """``<arch>.embedding_length`` of a GGUF file (the row width of its token embedding and
+    output matrices), or None."""
+    cdef ggml.gguf_init_params params
+    cdef ggml.gguf_context * g
+    cdef const char * cpath = bpath
+    cdef int64_t key
+    params.no_alloc = True
+    params.ctx = NULL
+    with nogil:
+        g = ggml.gguf_init_from_file(cpath, params)
+    _drain_log()
+    if g == NULL:
+        return None
+    try:
+        key = ggml.gguf_find_key(g, b"general.architecture")
+        if key < 0 or ggml.gguf_get_kv_type(g, key) != ggml.GGUF_TYPE_STRING:
+            return None
+        arch = <bytes>ggml.gguf_get_val_str(g, key)
+        return _gguf_int(g, arch + b".embedding_length")
+    finally:
+        ggml.gguf_free(g)
+
+
+cdef int _check_row_type(object width, str name, str what) except -1:
+    """llama.cpp applies --token-embedding-type / --output-tensor-type without its fallback
+    for rows that do not hold whole blocks (it would overflow a buffer, then abort)."""
+    block = _TENSOR_BLOCKS[name.lower()]
+    if block == 1:
+        return 0
+    if width is None:
+        raise OptionError(f"{what}={name!r}: the file does not state its embedding length, so "
+                          "the row width cannot be checked; use 'f32', 'f16' or 'bf16'")
+    if width % block:
+        raise OptionError(f"{what}={name!r} needs rows of a multiple of {block} values; this "
+                          f"model's rows have {width} (use 'f16', 'q8_0' or another type whose "
+                          f"block divides {width})")
+    return 0
+
+
 cdef int _tensor_type(object name, str what) except -1:
     if not isinstance(name, str):
         raise TypeError(f"{what} must be a str, got {type(name).__name__}")
@@ -76,6 +123,8 @@ def quantize_model(src, dst, ftype, *, allow_requantize=False, n_threads=None,
     tensor_types : mapping of str to str, optional
         Per-tensor types: a regular expression on tensor names (``"attn_.*"``,
         ``"blk\\.0\\..*"``) to a type, as llama.cpp's ``--tensor-type``; the first match wins.
+        Only with a quantized ``ftype``. Patterns are ECMAScript regular expressions (C++
+        ``std::regex``); a pattern it cannot compile fails the conversion.
 
     Raises
     ------
@@ -108,6 +157,15 @@ def quantize_model(src, dst, ftype, *, allow_requantize=False, n_threads=None,
         params.token_embedding_type = <ggml.ggml_type>_tensor_type(token_embedding_type, "token_embedding_type")
     if output_tensor_type is not None:
         params.output_tensor_type = <ggml.ggml_type>_tensor_type(output_tensor_type, "output_tensor_type")
+    if token_embedding_type is not None or output_tensor_type is not None:
+        width = _embedding_length(bsrc)
+        if token_embedding_type is not None:
+            _check_row_type(width, token_embedding_type, "token_embedding_type")
+        if output_tensor_type is not None:
+            _check_row_type(width, output_tensor_type, "output_tensor_type")
+    if tensor_types is not None and _TENSOR_BLOCKS.get(ftype.lower(), 0) == 1:
+        raise OptionError(f"tensor_types applies only when ftype is a quantized type (llama.cpp "
+                          f"overrides quantized tensors only), not {ftype!r}")
     cdef vector[ll.llama_model_tensor_override] overrides
     cdef ll.llama_model_tensor_override end
     keep = _tensor_overrides(tensor_types) if tensor_types is not None else []

@@ -129,8 +129,13 @@ cdef class _TextBuffers:
 cdef const char * _EMPTY = ""
 
 
+cdef bint _is_string_view(object pa, object t):
+    is_view = getattr(pa.types, "is_string_view", None)     # pyarrow >= 16
+    return is_view is not None and is_view(t)
+
+
 cdef bint _is_arrow_text(object pa, object t):
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or _is_string_view(pa, t)
 
 
 cdef object _arrow_of(object texts):
@@ -154,7 +159,7 @@ cdef object _offsets_layout(object pa, object chunk):
     """A chunk of texts in the offsets-and-data layout the buffers are read from."""
     if pa.types.is_dictionary(chunk.type) and _is_arrow_text(pa, chunk.type.value_type):
         chunk = chunk.dictionary_decode()       # a categorical column (copies the texts)
-    if pa.types.is_string_view(chunk.type):
+    if _is_string_view(pa, chunk.type):
         chunk = chunk.cast(pa.large_string())   # views point into many buffers: one copy
     return chunk
 
@@ -209,6 +214,12 @@ cdef _TextBuffers _arrow_text_buffers(object texts, str nulls="raise"):
                             "as '' or nulls='skip' to leave them out")
         _, offsets_buf, data_buf = chunk.buffers()
         offs_arr = np.frombuffer(offsets_buf, dtype=width, count=chunk.offset + k + 1)[chunk.offset:].astype(np.int64)
+        # An array built by hand (pa.Array.from_buffers) may hold offsets outside its data:
+        # never read past the buffer.
+        data_size = data_buf.size if data_buf is not None else 0
+        if offs_arr[0] < 0 or offs_arr[k] > data_size or (k > 0 and np.any(offs_arr[1:] < offs_arr[:-1])):
+            raise ValueError(f"texts: invalid Arrow string array (offsets outside its data "
+                             f"buffer or decreasing) in the chunk starting at text {start}")
         ends_arr = offs_arr[1:].copy()
         if chunk.null_count:
             # nulls="empty": a null reads as '', whatever bytes its slot happens to span

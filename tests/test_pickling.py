@@ -183,3 +183,29 @@ def test_dask_token_is_deterministic(smol, smol_path, tmp_path):
         return smol.count_tokens([text])
 
     assert dask_base.tokenize(uses_model) == dask_base.tokenize(uses_model)
+
+
+def test_tensor_split_travels_as_a_tuple(smol_path):
+    m = llama.load_model(smol_path, vocab_only=True, tensor_split=[1.0])
+    try:
+        _, (spec,) = m.__reduce__()
+        assert spec["options"]["tensor_split"] == (1.0,)
+        spec = dict(spec, options=dict(spec["options"], tensor_split=[1.0]))   # as a list
+        assert _pickling.restore_model(spec) is m
+    finally:
+        m.close()
+
+
+def test_identity_samples_the_whole_file(tmp_path, smol_path):
+    """A byte changed far from the header (in the weights) at the same size is noticed when it
+    falls in a sampled block: the last MiB is always sampled."""
+    path = tmp_path / "m.gguf"
+    shutil.copyfile(smol_path, path)
+    before = _pickling.file_identity(path)
+    with open(path, "r+b") as f:
+        f.seek(-10, 2)
+        byte = f.read(1)
+        f.seek(-10, 2)
+        f.write(bytes([byte[0] ^ 1]))
+    after = _pickling.file_identity(path)
+    assert before[0] == after[0] and before[1] != after[1]

@@ -56,3 +56,34 @@ def test_bad_tensor_types_are_refused_before_converting(tmp_path, mini_f32, kwar
     with pytest.raises(error, match=match):
         llama.quantize_model(mini_f32, dst, "q8_0", n_threads=1, **kwargs)
     assert not dst.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"token_embedding_type": "q4_k"}, "multiple of 256"),     # 384-wide rows: llama.cpp would overflow
+    ({"output_tensor_type": "q6_k"}, "multiple of 256"),
+    ({"tensor_types": {"attn": "q8_0"}, "ftype": "f16"}, "quantized type"),
+])
+def test_types_llama_cpp_cannot_apply_are_refused(tmp_path, mini_f32, kwargs, match):
+    kwargs = dict(kwargs)
+    ftype = kwargs.pop("ftype", "q8_0")
+    with pytest.raises(llama.OptionError, match=match):
+        llama.quantize_model(mini_f32, tmp_path / "x.gguf", ftype, n_threads=1, **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pattern_std_regex_rejects_fails_cleanly(tmp_path, mini_f32):
+    """Python's re accepts (?P<name>...), C++ std::regex (ECMAScript) does not: the conversion
+    fails with an exception, in a child process so that an abort would show."""
+    import subprocess
+    import sys
+
+    code = (f"import llama_cython as llama\n"
+            f"try:\n"
+            f"    llama.quantize_model({str(mini_f32)!r}, {str(tmp_path / 'x.gguf')!r}, 'q8_0',\n"
+            f"                         n_threads=1, tensor_types={{'(?P<n>attn)': 'f16'}})\n"
+            f"except llama.LlamaError as exc:\n"
+            f"    print('refused', type(exc).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("refused")
+    assert not (tmp_path / "x.gguf").exists()

@@ -157,3 +157,18 @@ def test_embed_and_encode_like_sentence_transformers(ectx, want_vectors):
                 {"output_value": "token_ids"}):
         with pytest.raises(llama.OptionError):
             ectx.encode(TEXTS, **bad)
+
+
+def test_hand_built_arrow_arrays_with_bad_offsets_are_refused(ectx, smol):
+    data = pa.py_buffer(b"abcdef")
+    bad_offsets = [np.array([0, 3, 100], dtype=np.int32), np.array([0, 4, 2], dtype=np.int32),
+                   np.array([-5, 2, 3], dtype=np.int32)]
+    for offsets in bad_offsets:
+        try:
+            arr = pa.Array.from_buffers(pa.string(), 2, [None, pa.py_buffer(offsets.tobytes()), data])
+        except pa.ArrowInvalid:
+            continue        # pyarrow's own checks caught this one
+        with pytest.raises(ValueError, match="invalid Arrow string array"):
+            smol.count_tokens(arr)
+        with pytest.raises(ValueError, match="invalid Arrow string array"):
+            ectx.get_embeddings_batch(arr)
