@@ -10,7 +10,8 @@ This file is the table of contents; each part is one ``.pxi`` with one responsib
 ``_errors.pxi``       return codes and NULLs turned into exceptions, in one place
 ``_options.pxi``      option tables and the checks every option goes through
 ``_gguf_check.pxi``   the GGUF pre-check: files llama.cpp would abort on are refused first
-``_model.pxi``        ``load_model`` and ``Model`` (weights, vocabulary, metadata)
+``_model.pxi``        ``load_model`` and ``Model`` (weights, vocabulary, metadata, pickling)
+``_quantize.pxi``     ``quantize_model``: llama.cpp's quantizer, input checked, output atomic
 ``_texts.pxi``        many texts in: borrowed UTF-8 buffers for loops without the GIL
 ``_tokens.pxi``       tokenize / detokenize into numpy arrays filled in C
 ``_token_batch.pxi``  tokenize many texts in C++ threads (``_token_batch.h``); pieces
@@ -18,6 +19,7 @@ This file is the table of contents; each part is one ``.pxi`` with one responsib
 ``_context.pxi``      ``Context`` (KV cache, options read back from llama.cpp)
 ``_sampler.pxi``      sampler chains, always ending in a selecting sampler
 ``_generate.pxi``     the decode-sample-accept loop, run without the GIL
+``_speculative.pxi``  draft proposals (a draft model or prompt lookup) and their verification
 ``_generate_batch.pxi`` many prompts decoded together in n_parallel slots (continuous batching)
 ``_embed.pxi``        batch embeddings: tokenize, pack, decode, pool into (N, D) arrays
 ====================  =========================================================
@@ -30,9 +32,11 @@ enough for std::regex), ``_progress.h`` and ``_token_batch.h`` (threaded tokeniz
 Layers. Below the core: llama.cpp and ggml (``includes/*.pxd`` declare their headers), and
 pure-Python modules the core builds its results from, which never import it at import time:
 ``errors``, ``stats``, ``encoding``, ``token_batch``, ``token_embeddings``, ``vocab``,
-``_optional``, ``_cpus``. Above it: ``chat`` (templates; calls ``chat_specials``),
+``_optional``, ``_cpus``, ``_pickling`` (what a pickled model carries; it imports the core only
+when unpickling). Above it: ``chat`` (templates; calls ``chat_specials``),
 ``vocab.Vocab`` (calls ``vocab_info``, ``vocab_table``, ``vocab_pieces``), ``streaming``,
-``system`` and the package's ``__init__``, which loads the core through ``_loader`` (one CPU
+``system``, ``jobs`` (resumable file jobs), ``cli`` (the console script), ``integrations``
+(Ray, Dask) and the package's ``__init__``, which loads the core through ``_loader`` (one CPU
 variant per process). The layers above use the core's public names and these module
 functions only, never private attributes of ``Model`` or ``Context``.
 

@@ -209,3 +209,40 @@ def test_identity_samples_the_whole_file(tmp_path, smol_path):
         f.write(bytes([byte[0] ^ 1]))
     after = _pickling.file_identity(path)
     assert before[0] == after[0] and before[1] != after[1]
+
+
+def test_datasets_fingerprint_is_stable_across_processes(smol_path, tmp_path):
+    """Hugging Face datasets hashes the function given to .map (through pickling) to find its
+    cache: a function that uses a model must hash the same in every process."""
+    pytest.importorskip("datasets")
+    code = textwrap.dedent(f"""
+        import llama_cython as llama
+        from datasets.fingerprint import Hasher
+        m = llama.load_model({str(smol_path)!r}, vocab_only=True)
+        def count(batch):
+            return {{"n": m.count_tokens(batch["text"]).tolist()}}
+        print(Hasher.hash(count))
+    """)
+    hashes = set()
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        hashes.add(out.stdout.strip())
+    assert len(hashes) == 1, hashes
+
+
+def test_datasets_map_uses_its_cache(smol_path, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    m = llama.load_model(smol_path, vocab_only=True)
+
+    def count(batch):
+        return {"n": m.count_tokens(batch["text"]).tolist()}
+
+    ds = datasets.Dataset.from_dict({"text": ["a cat", "stock prices fell", "x"]})
+    ds.save_to_disk(str(tmp_path / "ds"))
+    ds = datasets.load_from_disk(str(tmp_path / "ds"))
+    first = ds.map(count, batched=True)
+    second = ds.map(count, batched=True)
+    assert first["n"] == list(m.count_tokens(["a cat", "stock prices fell", "x"]))
+    assert first.cache_files and first.cache_files == second.cache_files   # reused, not recomputed
+    m.close()
