@@ -27,6 +27,7 @@ __all__ = [
     "ContextError",
     "ContextSizeError",
     "DecodeError",
+    "JobResumeError",
     "LlamaError",
     "ModelChecksumError",
     "ModelFetchError",
@@ -84,6 +85,12 @@ class TokenizeError(LlamaError, ValueError):
 
 class OptionError(LlamaError, ValueError):
     """An option has a value llama.cpp does not accept (checked before any C call)."""
+
+
+class JobResumeError(LlamaError, ValueError):
+    """A file job (:mod:`llama_cython.jobs`) cannot run: the unfinished job in its working
+    folder is another one (other options, input or model, or it read stdin), or another
+    process is running it now. Delete the folder or pass ``resume=False`` to start over."""
 
 
 class TemplateError(LlamaError, ValueError):

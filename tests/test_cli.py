@@ -3,6 +3,7 @@ library's own calls, the one-line errors with exit code 2, progress, and the rea
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -409,6 +410,16 @@ ERROR_CASES = {
     "no chat template": (["chat", "{minilm}"], "no chat template"),
     "missing text": (["tokenize", "{smol}", "-i", "{tmp}/nulls.jsonl"], "nulls.jsonl: row 1 is missing"),
     "output exists": (["count", "{smol}", "-i", "{docs}", "-o", "{docs}"], "--overwrite"),
+    # inputs that are not what their name says: pyarrow's and the readers' errors, one line
+    "not parquet": (["count", "{smol}", "-i", "{tmp}/junk.parquet"], "junk.parquet: Parquet magic bytes"),
+    "csv not utf-8": (["count", "{smol}", "-i", "{tmp}/bad.csv"], "bad.csv: line 3 is not valid UTF-8"),
+    "jsonl not utf-8": (["embed", "{minilm}", "{tmp}/bad.jsonl", "-o", "{tmp}/v.npy"],
+                        "bad.jsonl: line 2 is not valid UTF-8"),
+    # with --nulls skip the row after a null is named by its own number
+    "bad text after a null": (["count", "{smol}", "-i", "{tmp}/skip.jsonl", "--nulls", "skip"],
+                              "skip.jsonl: row 3 is not valid text"),
+    "bad text after a null, -o": (["count", "{smol}", "-i", "{tmp}/skip.jsonl", "--nulls", "skip",
+                                   "-o", "{tmp}/n.jsonl"], "skip.jsonl: row 3 is not valid text"),
 }
 
 
@@ -418,6 +429,11 @@ def test_errors_are_one_line_with_exit_code_2(case: str, capsys: pytest.CaptureF
                                               minilm_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "junk.gguf").write_bytes(b"not a model at all")
     (tmp_path / "nulls.jsonl").write_text('{"text": "a"}\n{"text": null}\n')
+    (tmp_path / "junk.parquet").write_bytes(b"not a parquet file")
+    (tmp_path / "bad.csv").write_bytes(b"text\nfine\nbad \xff\n")
+    (tmp_path / "bad.jsonl").write_bytes(b'{"text": "a"}\n{"text": "\xff"}\n')
+    (tmp_path / "skip.jsonl").write_text('{"text": "a"}\n{"text": null}\n{"text": "b"}\n'
+                                         '{"text": "\\ud800"}\n')
     stdin_lines(monkeypatch, "")
     argv, needle = ERROR_CASES[case]
     names = {"tmp": tmp_path, "corrupt": corrupt_gguf, "junk": tmp_path / "junk.gguf", "docs": docs,
@@ -425,6 +441,59 @@ def test_errors_are_one_line_with_exit_code_2(case: str, capsys: pytest.CaptureF
     code, _, err = run(capsys, *(a.format(**names) for a in argv))
     assert code == 2
     assert needle in one_error_line(err)
+
+
+def test_arrow_and_csv_errors_are_one_line(capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch, smol_path: Path,
+                                          docs: Path) -> None:
+    """pyarrow's errors (ArrowNotImplementedError is no ValueError) and csv.Error are the
+    input's fault: one line, exit 2."""
+    from llama_cython.cli import info
+
+    def lzo(*args: object, **kwargs: object) -> None:
+        raise pa.lib.ArrowNotImplementedError("Support for codec 'lzo' not built")
+
+    monkeypatch.setattr(pq, "ParquetFile", lzo)
+    code, _, err = run(capsys, "count", smol_path, "-i", docs)
+    assert code == 2
+    assert "docs.parquet: Support for codec 'lzo' not built" in one_error_line(err)
+    for exc in (pa.lib.ArrowNotImplementedError("not built"), pa.lib.ArrowException("arrow"),
+                csv.Error("line contains NUL")):
+        def fail(args: object, exc: Exception = exc) -> int:
+            raise exc
+
+        monkeypatch.setattr(info, "run_models", fail)
+        code, _, err = run(capsys, "models")
+        assert code == 2 and str(exc) in one_error_line(err)
+    monkeypatch.setattr(info, "run_models", lambda args: 1 // 0)       # a bug: its traceback
+    with pytest.raises(ZeroDivisionError):
+        main(["models"])
+
+
+def test_count_output_help_names_what_it_writes(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "count", "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    helped = re.search(r"-o FILE, --output FILE (.*?) --no-special", text)
+    assert helped is not None and ".csv" not in helped.group(1), text
+    assert ".parquet or .jsonl" in helped.group(1)
+
+
+def test_ctrl_c_on_stdin_input_gives_no_resume_hint(capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch, minilm_path: Path,
+                                                    tmp_path: Path) -> None:
+    """A job that reads stdin cannot be resumed: Ctrl-C does not say to run it again to continue."""
+    def interrupt(self: _common.Progress, done: int, total: int | None = None) -> None:
+        if done >= 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_common.Progress, "report", interrupt)
+    stdin_lines(monkeypatch, "".join(f"line {i}\n" for i in range(6)))
+    out_path = tmp_path / "v.npy"
+    code, _, err = run(capsys, "--threads", "1", "embed", minilm_path, "-", "-o", out_path,
+                       "--chunk-rows", "2")
+    assert code == 130 and "run the same command again" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("argv", [["info"], ["generate", "m", "p", "--threads", "0"],

@@ -238,6 +238,72 @@ def test_callables_pickle_as_their_arguments(minilm):
     assert pickle.loads(pickle.dumps(gen))._call == {"max_tokens": 3, "stop": None, "temperature": 0}
 
 
+def test_option_errors_are_option_errors_or_type_errors(minilm):
+    """As in the core: a bad value is an OptionError (a ValueError), a wrong type a TypeError;
+    numpy integers are ints."""
+    from llama_cython.integrations import dask as ldask
+    from llama_cython.integrations.ray import Embedder, TokenCounter
+
+    with pytest.raises(llama.OptionError, match="nulls must be 'raise' or 'empty'"):
+        Embedder(minilm, nulls="skip")
+    with pytest.raises(TypeError, match="nulls must be"):
+        TokenCounter(minilm, nulls=None)            # type: ignore[arg-type]
+    with pytest.raises(llama.OptionError, match="n_threads must be a positive int"):
+        Embedder(minilm, n_threads=0)
+    with pytest.raises(TypeError, match="n_threads must be an int, got bool"):
+        _common.thread_count(True)
+    assert _common.thread_count(np.int64(2)) == 2
+    with pytest.raises(llama.OptionError, match="dim must be a positive int"):
+        ldask._embedding_setup(minilm, None, None, 0, "raise")
+    with pytest.raises(TypeError, match="dim must be an int"):
+        ldask._embedding_setup(minilm, None, None, 384.0, "raise")   # type: ignore[arg-type]
+    assert ldask._embedding_setup(minilm, None, None, np.int64(384), "raise")[2] == 384
+    with pytest.raises(llama.OptionError, match="pooling='none'"):
+        ldask._embedding_setup(minilm, {"pooling": "none"}, None, None, "raise")
+    with pytest.raises(llama.OptionError, match="nulls must be"):
+        ldask._embedding_setup(minilm, None, None, None, "skip")
+
+
+def test_ray_helpers_resolve_the_model_on_the_driver(minilm_path, minilm, tmp_path, monkeypatch):
+    """The *_dataset helpers resolve a path or registry name where they run (a relative path
+    against the driver's working directory) and hand the actors its spec; an actor then loads
+    that file, after checking its identity, or refuses to start."""
+    pytest.importorskip("ray")
+    from llama_cython.integrations import ray as lray
+
+    class Dataset:
+        """What map_batches was given (no Ray cluster needed)."""
+
+        def map_batches(self, fn, **kwargs):
+            self.fn, self.kwargs = fn, kwargs
+            return self
+
+    spec = _common.model_spec(minilm)               # == that of its path (test_model_arguments)
+    monkeypatch.chdir(minilm_path.parent)
+    ds = lray.embed_dataset(Dataset(), minilm_path.name, batch_size=8, n_threads=1)
+    (model,) = ds.kwargs["fn_constructor_args"]
+    assert isinstance(model, _common.ModelSpec) and dict(model.spec) == spec
+    assert os.path.isabs(model.spec["path"]) and ds.kwargs["fn_constructor_kwargs"]["load_options"] is None
+    monkeypatch.chdir(tmp_path)                     # an actor elsewhere loads the driver's file
+    emb = ds.fn(model, **ds.kwargs["fn_constructor_kwargs"])
+    assert emb.model is minilm
+
+    # a registry name, for counting: vocab_only, decided on the driver too
+    ds = lray.count_tokens_dataset(Dataset(), "all-minilm-l6-v2")
+    (model,) = ds.kwargs["fn_constructor_args"]
+    assert model.spec["options"]["vocab_only"] is True
+    assert ds.fn(model).model.load_options["vocab_only"] is True
+    with pytest.raises(llama.ModelNotFoundError):
+        lray.embed_dataset(Dataset(), "no-such-model.gguf")        # refused on the driver
+
+    # the actor's file is not the driver's: refused when the actor starts
+    other = _common.ModelSpec({**spec, "size": spec["size"] + 1})
+    with pytest.raises(llama.ModelLoadError, match="not the one it was loaded from"):
+        lray.Embedder(other, n_threads=1)
+    with pytest.raises(TypeError, match="resolved already"):
+        _common.model_spec(other, {"vocab_only": True})
+
+
 # -- Ray ------------------------------------------------------------------------------------------
 
 

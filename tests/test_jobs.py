@@ -9,8 +9,11 @@ on all texts they agree within the batch-composition bound of test_embeddings.py
 
 from __future__ import annotations
 
+import csv
+import fcntl
 import io
 import json
+import os
 import random
 import signal
 import subprocess
@@ -154,7 +157,7 @@ def test_stdin_lines(ectx, texts120, ref120, tmp_path, monkeypatch):
 
     # the folder of a stdin job killed outright (here: left behind on purpose) is refused
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
-    monkeypatch.setattr(_run.shutil, "rmtree", lambda *a, **k: None)
+    monkeypatch.setattr(_run, "discard", lambda *a, **k: None)
     with pytest.raises(KeyboardInterrupt):
         jobs.embed_file(ectx, "-", tmp_path / "c.npy", chunk_rows=32, progress=stop)
     monkeypatch.undo()
@@ -350,6 +353,192 @@ def test_existing_output_is_refused(ectx, tmp_path):
         jobs.embed_file(ectx, src, out)
 
 
+def test_context_options_and_the_model_are_recorded(ectx, minilm, texts120, tmp_path, monkeypatch):
+    """The manifest holds the context's options (not its thread counts) and the model's own
+    absolute path, load options and token; resuming with another n_ubatch is refused naming
+    it, with another thread count it resumes."""
+    src = write_input(tmp_path / "in.txt", texts120)
+    out = tmp_path / "out.npy"
+    interrupted(ectx, src, out, 40, chunk_rows=32)
+    manifest = json.loads((tmp_path / "out.npy.partial" / "manifest.json").read_text())
+    assert manifest["context"]["n_ubatch"] is None and manifest["context"]["embeddings"] is True
+    assert "n_threads" not in manifest["context"] and "n_threads_batch" not in manifest["context"]
+    assert manifest["model"]["path"] == str(llama.models.model_path("all-minilm-l6-v2").resolve())
+    assert manifest["model"]["load_options"] == json.loads(json.dumps(minilm.load_options))
+    assert manifest["model"]["token"] == json.loads(json.dumps(minilm.__dask_tokenize__()))
+    with minilm.new_context(embeddings=True, n_threads=1, n_ubatch=256) as other:
+        with pytest.raises(jobs.JobResumeError, match=r"context\.n_ubatch: None -> 256"):
+            jobs.embed_file(other, src, out, chunk_rows=32)
+    with minilm.new_context(embeddings=True, n_threads=2) as other:
+        r = jobs.embed_file(other, src, out, chunk_rows=32)
+    assert (r.chunks_resumed, r.rows) == (1, 120)
+
+    # a model loaded by a relative path is recorded by its own absolute path, not by that
+    # path resolved against the job's working directory
+    path = llama.models.model_path("all-minilm-l6-v2")
+    monkeypatch.chdir(path.parent)
+    with llama.load_model(path.name) as model, model.new_context(embeddings=True, n_threads=1) as ctx:
+        monkeypatch.chdir(tmp_path)
+        interrupted(ctx, src, tmp_path / "rel.npy", 40, chunk_rows=32)
+    manifest = json.loads((tmp_path / "rel.npy.partial" / "manifest.json").read_text())
+    assert manifest["model"]["path"] == os.path.abspath(path)
+
+
+def test_a_second_run_of_the_same_job_is_refused(ectx, texts120, ref120, tmp_path):
+    """A run holds an exclusive flock on <output>.lock: while another holder has it (here this
+    process, through another open file), the job is refused before it touches anything."""
+    src = write_input(tmp_path / "in.txt", texts120)
+    out = tmp_path / "out.npy"
+    lock = tmp_path / "out.npy.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(jobs.JobResumeError,
+                           match=r"another process is running this job \(lock .*out\.npy\.lock\)"):
+            jobs.embed_file(ectx, src, out, chunk_rows=32)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.npy.lock"]
+    finally:
+        os.close(fd)
+    # the lock is held for the whole run (here: checked from inside it), and the file removed
+    held = []
+
+    def probe(done, total):
+        other = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.append(False)
+        except BlockingIOError:
+            held.append(True)
+        finally:
+            os.close(other)
+
+    jobs.embed_file(ectx, src, out, chunk_rows=32, progress=probe)
+    assert held and all(held)
+    assert np.array_equal(np.load(out), ref120)
+    assert not lock.exists()
+    # a lock file left by a killed run (a file, no lock) does not stop the next one
+    lock.touch()
+    jobs.embed_file(ectx, src, out, chunk_rows=32, overwrite=True)
+    assert not lock.exists()
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
+def test_a_wrong_column_leaves_nothing_behind(ectx, texts120, ref120, tmp_path, suffix):
+    """A missing column is refused before the working folder exists, so the corrected command
+    runs (it used to find the first one's manifest and refuse the other column)."""
+    src = write_input(tmp_path / f"in{suffix}", texts120, ids=list(range(120)))
+    out = tmp_path / "out.npy"
+    with pytest.raises(ValueError, match="no column 'body'"):
+        jobs.embed_file(ectx, src, out, column="body", chunk_rows=32)
+    if suffix != ".jsonl":                      # a JSONL object without the id reads as null
+        with pytest.raises(ValueError, match="no column 'key'"):
+            jobs.embed_file(ectx, src, out, id_column="key", chunk_rows=32)
+    with pytest.raises(ValueError, match="no column 'body'"):
+        jobs.count_file(ectx.model, src, tmp_path / "n.jsonl", column="body")
+    with pytest.raises(ValueError, match="no column 'body'"):
+        jobs.count_file(ectx.model, src, column="body")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"in{suffix}"]
+    jobs.embed_file(ectx, src, out, chunk_rows=32)
+    assert np.array_equal(np.load(out), ref120)
+
+
+def test_a_job_that_failed_before_its_first_chunk_starts_over(ectx, tmp_path):
+    """An error in the first chunk leaves a manifest without chunks: the next run, with other
+    settings, starts over instead of refusing them."""
+    texts = make_texts(40)
+    texts[3] = None
+    src = write_input(tmp_path / "in.jsonl", texts)
+    out = tmp_path / "out.npy"
+    with pytest.raises(TypeError, match="row 3 is missing"):
+        jobs.embed_file(ectx, src, out, chunk_rows=16)
+    manifest = json.loads((tmp_path / "out.npy.partial" / "manifest.json").read_text())
+    assert manifest["chunks"] == [] and manifest["options"]["nulls"] == "raise"
+    r = jobs.embed_file(ectx, src, out, chunk_rows=16, nulls="empty")
+    assert (r.rows, r.chunks_resumed, r.chunks_written) == (40, 0, 3)
+    filled = ["" if t is None else t for t in texts]
+    assert np.array_equal(np.load(out), chunked(ectx, filled, 16))
+
+
+def test_errors_name_the_file_row_after_skipped_nulls(ectx, tmp_path):
+    """With nulls='skip' a chunk's texts are the rows that are not null: an error about
+    texts[k] names the k-th of those rows, not row start + k."""
+    src = write_input(tmp_path / "in.jsonl", ["a", None, "b", "\ud800 bad", "c"])
+    with pytest.raises(ValueError, match=r"in\.jsonl: row 3 is not valid text"):
+        jobs.embed_file(ectx, src, tmp_path / "out.parquet", nulls="skip")
+    with pytest.raises(ValueError, match=r"in\.jsonl: row 3 is not valid text"):
+        jobs.count_file(ectx.model, src, tmp_path / "n.jsonl", nulls="skip")
+    with pytest.raises(ValueError, match=r"in\.jsonl: row 3 is not valid text"):
+        jobs.count_file(ectx.model, src, nulls="skip")
+    # the second chunk (rows 2-4 of the file) starts after a null too
+    src = write_input(tmp_path / "in2.jsonl", ["a", "b", None, None, "\ud800"])
+    with pytest.raises(ValueError, match=r"row 4 is not valid text"):
+        jobs.embed_file(ectx, src, tmp_path / "out2.parquet", nulls="skip", chunk_rows=2)
+
+
+def test_option_errors_are_option_errors_or_type_errors(ectx, texts120, ref120, tmp_path):
+    """As in the core: a bad value is an OptionError (a ValueError), a wrong type a TypeError;
+    numpy integers are ints."""
+    src = write_input(tmp_path / "in.txt", texts120)
+    out = tmp_path / "out.npy"
+    for kwargs, error, match in [
+            ({"chunk_rows": 0}, llama.OptionError, "chunk_rows must be a positive int"),
+            ({"chunk_rows": "16"}, TypeError, "chunk_rows must be an int, got str"),
+            ({"chunk_rows": True}, TypeError, "chunk_rows must be an int, got bool"),
+            ({"chunk_rows": 16.0}, TypeError, "chunk_rows must be an int, got float"),
+            ({"nulls": "drop"}, llama.OptionError, "nulls must be"),
+            ({"nulls": None}, TypeError, "nulls must be"),
+            ({"id_column": 3}, TypeError, "id_column must be a str"),
+            ({"id_column": "embedding"}, llama.OptionError, "would clash"),
+            ({"nulls": "skip"}, llama.OptionError, "nulls='skip' with a .npy output")]:
+        with pytest.raises(error, match=match):
+            jobs.embed_file(ectx, src, out, **kwargs)
+    with pytest.raises(llama.OptionError, match="output format"):
+        jobs.embed_file(ectx, src, tmp_path / "out.csv")
+    with pytest.raises(llama.OptionError, match="unknown input format"):
+        jobs.embed_file(ectx, tmp_path / "in.xlsx", out)
+    with pytest.raises(TypeError, match="batch_rows must be an int"):
+        jobs.read_table_batches(src, "text", batch_rows=2.5)
+    assert not list(tmp_path.glob("out.*"))
+    r = jobs.embed_file(ectx, src, out, chunk_rows=np.int64(32))
+    assert r.chunks_written == 4 and np.array_equal(np.load(out), ref120)
+    assert [len(b) for b in jobs.read_table_batches(src, "text", batch_rows=np.int32(50))] == [50, 50, 20]
+    # JobResumeError is one of the package's errors
+    assert jobs.JobResumeError is llama.JobResumeError is llama.errors.JobResumeError
+    assert issubclass(jobs.JobResumeError, llama.LlamaError) and issubclass(jobs.JobResumeError, ValueError)
+
+
+def test_undecodable_and_malformed_inputs_name_the_file_and_line(ectx, tmp_path):
+    bad_csv = tmp_path / "in.csv"
+    bad_csv.write_bytes(b"text\nfine\nbad \xff here\nlast\n")
+    for call in (lambda: jobs.embed_file(ectx, bad_csv, tmp_path / "o.npy"),
+                 lambda: jobs.count_rows(bad_csv)):
+        with pytest.raises(ValueError,
+                           match=r"in\.csv: line 3 is not valid UTF-8 \(invalid start byte at byte 4\)"):
+            call()
+    bad_jsonl = tmp_path / "in.jsonl"
+    bad_jsonl.write_bytes(b'{"text": "a"}\n{"text": "b\xff"}\n')
+    with pytest.raises(ValueError, match=r"in\.jsonl: line 2 is not valid UTF-8"):
+        jobs.embed_file(ectx, bad_jsonl, tmp_path / "o.npy")
+    # a record the csv module refuses (here: a field over the limit, lowered for the test)
+    long_csv = tmp_path / "long.csv"
+    long_csv.write_text("text\nshort\n" + "x" * 200 + "\n", encoding="utf-8")
+    real = csv.field_size_limit
+    old = real(100)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(csv, "field_size_limit", lambda *a: 1 << 30)
+            with pytest.raises(ValueError, match=r"long\.csv: line 3 is not valid CSV \(field larger"):
+                list(jobs.read_table_batches(long_csv, "text"))
+    finally:
+        real(old)
+    # not a Parquet file: pyarrow's error, naming the file
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"not parquet at all")
+    with pytest.raises(pa.ArrowInvalid, match=r"junk\.parquet: .*magic bytes"):
+        jobs.embed_file(ectx, junk, tmp_path / "j.npy")
+    assert not list(tmp_path.glob("j.npy*"))              # refused before anything was made
+
+
 # -- SIGKILL and resume --------------------------------------------------------------------------
 
 CHILD = textwrap.dedent("""
@@ -415,12 +604,16 @@ def test_sigkill_at_random_points_then_resume(ectx, kill_job, tmp_path, seed):
     src, opts, n_points, full = kill_job
     rng = random.Random(seed)
     out = tmp_path / "out.parquet"
+
+    def leftovers() -> list[Path]:       # the working folder, a trash folder, the lock file
+        return [p for p in tmp_path.iterdir() if p != out]
+
     assert child("embed", src, out, opts, rng.randint(1, n_points)) is None
     for _ in range(2):                  # killed again while resuming, maybe
-        if out.exists() and not out.with_name(out.name + ".partial").exists():
+        if out.exists() and not leftovers():
             break
         child("embed", src, out, opts, rng.randint(1, n_points))
-    if not out.exists() or out.with_name(out.name + ".partial").exists():
+    if not out.exists() or leftovers():
         finish(ectx, src, out, opts)
     keys, emb = read_output(out, key="id")
     assert keys == full[0] and np.array_equal(emb, full[1])
@@ -441,8 +634,92 @@ def test_sigkill_at_every_kill_point_then_resume(ectx, tmp_path):
         assert child("embed", src, out, opts, k) is None, k
         finish(ectx, src, out, opts)
         assert np.array_equal(np.load(out), ref), k
-        assert not out.with_name(out.name + ".partial").exists()
+        assert not list(tmp_path.glob(out.name + ".*")), k        # no folder, trash or lock left
     assert child("embed", src, tmp_path / "over.npy", opts, n_points + 1) is not None
+
+
+def test_a_discard_killed_midway_never_yields_a_stale_output(ectx, tmp_path):
+    """resume=False discards the unfinished job in one step (renamed to a trash folder, then
+    deleted): killed at any point of that, the next run computes the new output. (The old
+    removal left a folder without a manifest, read as "finished": the rerun returned the output
+    of the job before.)"""
+    old_texts, new_texts = make_texts(30, seed=4), make_texts(40, seed=5)
+    src = tmp_path / "in.txt"
+    opts = {"chunk_rows": 16, "resume": False, "overwrite": True}
+    for k in (1, 2):                  # after the rename to trash; while making the new folder
+        out = tmp_path / f"out{k}.npy"
+        write_input(src, old_texts)
+        jobs.embed_file(ectx, src, out, chunk_rows=16)               # a finished, older output
+        write_input(src, new_texts)
+        interrupted(ectx, src, out, 20, chunk_rows=16, overwrite=True)   # an unfinished new one
+        assert child("embed", src, out, opts, k) is None
+        assert list(tmp_path.glob(f"out{k}.npy.partial.trash-*")) or k != 1
+        r = jobs.embed_file(ectx, src, out, chunk_rows=16, overwrite=True)
+        assert r.rows == 40 and r.chunks_resumed == 0, k
+        assert np.array_equal(np.load(out), chunked(ectx, new_texts, 16)), k
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f"out{k}.")) == [f"out{k}.npy"]
+
+
+def test_a_finished_job_is_trusted_only_by_its_identity(ectx, texts120, tmp_path):
+    """Killed after the manifest says "done" (output in place, folder not yet removed): the same
+    job run again returns the output; another job with overwrite=True computes its own."""
+    src = write_input(tmp_path / "in.txt", texts120[:40])
+    opts = {"chunk_rows": 16}
+    full = child("embed", src, tmp_path / "ref.npy", opts, None)
+    assert full is not None
+    out = tmp_path / "out.npy"
+    # the last two kill points: after "done" is written, after the folder is renamed to trash
+    for k, leftover in ((full["kill_points"] - 1, "out.npy.partial"),
+                        (full["kill_points"], "out.npy.partial.trash-")):
+        out.unlink(missing_ok=True)
+        assert child("embed", src, out, opts, k) is None
+        names = [p.name for p in tmp_path.iterdir() if p.name.startswith("out.npy.")]
+        assert any(n.startswith(leftover) for n in names), (k, names)
+        if leftover == "out.npy.partial":
+            assert json.loads((tmp_path / leftover / "manifest.json").read_text())["state"] == "done"
+        r = jobs.embed_file(ectx, src, out, **opts)
+        assert (r.rows, r.chunks_written, r.chunks_resumed) == (40, 0, 3), k
+        assert np.array_equal(np.load(out), np.load(tmp_path / "ref.npy"))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.npy", "ref.npy"]
+    # killed after "done" again, then another job (normalize=False) into the same output
+    out.unlink()
+    assert child("embed", src, out, opts, full["kill_points"] - 1) is None
+    with pytest.raises(FileExistsError):
+        jobs.embed_file(ectx, src, out, chunk_rows=16, normalize=False)
+    r = jobs.embed_file(ectx, src, out, chunk_rows=16, normalize=False, overwrite=True)
+    assert (r.chunks_written, r.chunks_resumed) == (3, 0)
+    raw = np.concatenate([ectx.get_embeddings_batch(texts120[i:min(i + 16, 40)], normalize=False)
+                          for i in range(0, 40, 16)])
+    assert np.array_equal(np.load(out), raw)
+
+
+def test_a_done_stdin_job_is_not_trusted(ectx, texts120, tmp_path, monkeypatch):
+    """A "done" manifest left by a crash is trusted for a file input (same identity) but never
+    for stdin, whose content a rerun cannot check."""
+    data = "".join(t + "\n" for t in texts120[:40]).encode()
+    out = tmp_path / "out.npy"
+    with monkeypatch.context() as mp:                    # the folder stays, as after a crash
+        mp.setattr(_run, "discard", lambda *a, **k: None)
+        mp.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+        jobs.embed_file(ectx, "-", out, chunk_rows=16)
+    manifest = json.loads((tmp_path / "out.npy.partial" / "manifest.json").read_text())
+    assert manifest["state"] == "done"
+    other = make_texts(40, seed=9)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("".join(t + "\n" for t in other).encode())))
+    with pytest.raises(FileExistsError):
+        jobs.embed_file(ectx, "-", out, chunk_rows=16)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("".join(t + "\n" for t in other).encode())))
+    r = jobs.embed_file(ectx, "-", out, chunk_rows=16, overwrite=True)
+    assert (r.chunks_written, r.chunks_resumed) == (3, 0)
+    assert np.array_equal(np.load(out), chunked(ectx, other, 16))
+    # the same with a file input: the finished output is returned, not computed again
+    src = write_input(tmp_path / "in.txt", texts120[:40])
+    with monkeypatch.context() as mp:
+        mp.setattr(_run, "discard", lambda *a, **k: None)
+        jobs.embed_file(ectx, src, tmp_path / "f.npy", chunk_rows=16)
+    r = jobs.embed_file(ectx, src, tmp_path / "f.npy", chunk_rows=16)
+    assert (r.rows, r.chunks_written, r.chunks_resumed) == (40, 0, 3)
+    assert not (tmp_path / "f.npy.partial").exists()
 
 
 # -- generation ---------------------------------------------------------------------------------
@@ -476,8 +753,9 @@ def test_generate_file(gctx, gen_ref, tmp_path):
     recs = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["row"] for r in recs] == list(range(len(PROMPTS)))
     assert [r["text"] for r in recs] == gen_ref[0]
+
     def stop(done, total):
-        if done >= 8:
+        if done > 8:                    # in the second chunk: the first is kept
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

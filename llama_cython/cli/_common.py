@@ -210,12 +210,14 @@ def check_input(path: str) -> None:
 
 
 @contextlib.contextmanager
-def resumable(output: str) -> Iterator[None]:
-    """On Ctrl-C during a chunked job, say how to continue it."""
+def resumable(output: str, source: str) -> Iterator[None]:
+    """On Ctrl-C during a chunked job, say how to continue it (not for stdin input: a job that
+    reads stdin cannot be resumed, and leaves nothing behind)."""
     try:
         yield
     except KeyboardInterrupt:
-        note(f"stopped; run the same command again to continue {output} after its last finished chunk")
+        if source != "-":
+            note(f"stopped; run the same command again to continue {output} after its last finished chunk")
         raise
 
 

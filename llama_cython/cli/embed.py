@@ -89,7 +89,7 @@ def run_embed(args: argparse.Namespace) -> int:
     if args.pooling is not None:
         options["pooling"] = args.pooling
     with (
-        resumable(args.output),
+        resumable(args.output, args.input),
         load(args) as model,
         model.new_context(**options) as ctx,
         Progress(None, "embed", enabled=args.progress) as bar,

@@ -153,7 +153,7 @@ def _generate_file(args: argparse.Namespace, sampling: dict[str, Any]) -> int:
     output_kind(args.output, ("parquet", "jsonl"))
     check_input(args.input)
     with (
-        resumable(args.output),
+        resumable(args.output, args.input),
         load(args) as model,
         model.new_context(**context_options(args, n_parallel=args.n_parallel)) as ctx,
         Progress(None, "generate", enabled=args.progress) as bar,

@@ -1,7 +1,8 @@
 """The parser, the dispatch, and the error policy of ``llama-cython``.
 
 Errors the user can fix (a missing file, a bad option value, a model that fails to load, a
-missing optional extra) print one line, ``llama-cython: error: <cause>``, and exit with 2, as
+missing optional extra, an input file that is not valid CSV, JSON, UTF-8 or Parquet, or whose
+Parquet codec this pyarrow lacks) print one line, ``llama-cython: error: <cause>``, and exit with 2, as
 argparse's own usage errors do; ``--traceback`` (or ``LLAMA_CYTHON_TRACEBACK=1``) adds the
 traceback. Ctrl-C exits with 130; a closed stdout (``... | head -1``) ends quietly with 141.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import logging
 import os
 import sys
@@ -45,7 +47,19 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     TypeError,
     ImportError,
+    csv.Error,
 )
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """USER_ERRORS, and pyarrow's errors (a file that is not Parquet, a codec this pyarrow lacks:
+    ArrowNotImplementedError is no ValueError) when a command has imported pyarrow (never
+    imported here for this: it is an optional extra, and slow to import)."""
+    pa = sys.modules.get("pyarrow")
+    arrow = getattr(pa, "ArrowException", None) if pa is not None else None
+    if isinstance(arrow, type) and issubclass(arrow, BaseException):
+        return (*USER_ERRORS, arrow)
+    return USER_ERRORS
 
 
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -196,7 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         _quiet_stdout()
         return 141
-    except USER_ERRORS as exc:
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
         if show_traceback:
             traceback.print_exc()
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)

@@ -98,7 +98,10 @@ def add_parsers(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("text", metavar="TEXT", nargs="?", help="the text to count")
     add_input_arguments(p, "text")
     p.add_argument(
-        "-o", "--output", metavar="FILE", help="write one count per row to a .parquet/.csv/.jsonl file"
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write one count per row to a .parquet or .jsonl file (- : JSON lines on stdout)",
     )
     p.add_argument(
         "--no-special",
@@ -151,11 +154,21 @@ def _batches(path: str, args: argparse.Namespace, rows: int) -> Iterator[Any]:
     return jobs.read_table_batches(path, args.column, id_column=args.id_column, batch_rows=rows)
 
 
-def _in_rows(exc: Exception, path: str, start: int) -> Exception:
-    """``exc`` about ``texts[k]`` of a batch, restated with the input's name and row numbers."""
-    text = re.sub(r"\btexts\[(\d+)\]", lambda m: f"row {start + int(m.group(1))}", str(exc))
+def _in_rows(exc: Exception, path: str, batch: Any, nulls: str = "raise") -> Exception:
+    """``exc`` about ``texts[k]`` of a batch, restated with the input's name and row numbers
+    (with ``nulls="skip"`` the call saw only the texts that are not null: texts[k] is the k-th
+    of those)."""
+    from llama_cython.jobs._read import kept_rows
+
+    rows = kept_rows(batch, nulls)
+
+    def row(m: re.Match[str]) -> str:
+        k = int(m.group(1))
+        return f"row {int(rows[k])}" if k < len(rows) else m.group(0)
+
+    text = re.sub(r"\btexts\[(\d+)\]", row, str(exc))
     if text == str(exc):
-        text = f"{text} (in the rows from {start})"
+        text = f"{text} (in the rows from {batch.start})"
     source = "stdin" if path == "-" else path
     return type(exc)(f"{source}: {text}")
 
@@ -166,7 +179,7 @@ def _tokenized(model: Any, path: str, args: argparse.Namespace, options: dict[st
         try:
             tokens = model.tokenize_batch(batch.texts, **options)
         except (TypeError, ValueError) as exc:
-            raise _in_rows(exc, path, batch.start) from exc
+            raise _in_rows(exc, path, batch) from exc
         yield batch, tokens
 
 
@@ -331,7 +344,7 @@ def run_count(args: argparse.Namespace) -> int:
                         model.count_tokens(batch.texts, add_special=args.add_special, nulls=args.nulls)
                     )
                 except (TypeError, ValueError) as exc:
-                    raise _in_rows(exc, path, batch.start) from exc
+                    raise _in_rows(exc, path, batch, args.nulls) from exc
                 rows += int(counts.shape[0])
                 total += int(counts.sum(dtype=np.int64))
                 if counts.shape[0]:

@@ -2,7 +2,7 @@
 model and the per-thread context on the worker side.
 
 A worker never receives a loaded model. It receives a *spec*: the plain dict a pickled
-:class:`~llama_cython.Model` carries (file, registry name, size and header sha256, load
+:class:`~llama_cython.Model` carries (file, registry name, size and sampled sha256, load
 options; see :mod:`llama_cython._pickling`). :func:`load` turns it into the model through the
 process-wide cache of unpickled models, so a worker process loads each model once however
 many tasks name it; :func:`context` lends contexts from a per-process pool, because a context
@@ -17,15 +17,17 @@ import inspect
 import os
 import threading
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from llama_cython import _pickling
+from llama_cython._checks import choice, positive_int
 
 if TYPE_CHECKING:
     from llama_cython import Context, Model
 
-__all__ = ["ModelArg", "check_context_options", "close_contexts", "context", "load", "model_spec",
-           "process_info", "resolve_path", "thread_count"]
+__all__ = ["ModelArg", "ModelSpec", "check_context_options", "check_nulls", "close_contexts", "context",
+           "load", "model_spec", "process_info", "resolve_path", "thread_count"]
 
 #: A model as the integrations take it: a GGUF path, a registry name (llama_cython.models),
 #: or a loaded Model (which travels as its spec and is loaded again on each worker).
@@ -33,6 +35,21 @@ ModelArg: TypeAlias = "str | os.PathLike[str] | Model"
 
 # load_model's parameters that are not load options (Model.load_options leaves them out too)
 _NOT_LOAD_OPTIONS = ("path", "progress", "verbose")
+
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model resolved where a job is set up (a path made absolute, a registry name looked up,
+    the file's identity taken there): what the Ray helpers hand to their actors, so that each
+    actor loads the driver's file (checked by its identity) instead of resolving the name
+    again in its own working directory and cache."""
+
+    spec: Mapping[str, Any]
+
+    def __repr__(self) -> str:
+        return f"ModelSpec({self.spec.get('path')!r})"
+
 
 _lock = threading.Lock()
 _idle: dict[tuple[Any, ...], list[Context]] = {}     # (model token, options) -> idle contexts
@@ -67,11 +84,18 @@ def resolve_path(model: str | os.PathLike[str]) -> str:
                              f"name (known: {known})")
 
 
-def model_spec(model: ModelArg, load_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def model_spec(model: ModelArg | ModelSpec,
+               load_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The spec that travels to workers for ``model``: a Model's own pickle spec, or the spec
-    of a path or registry name with ``load_options`` (keyword arguments of load_model)."""
+    of a path or registry name with ``load_options`` (keyword arguments of load_model), or
+    that of a :class:`ModelSpec` (resolved already)."""
     from llama_cython import Model, load_model
 
+    if isinstance(model, ModelSpec):
+        if load_options:
+            raise TypeError("load_options apply to a model given as a path or registry name; "
+                            "this model is resolved already (its spec holds its load options)")
+        return dict(model.spec)
     if isinstance(model, Model):
         if load_options:
             raise TypeError("load_options apply to a model given as a path or registry name; "
@@ -88,6 +112,11 @@ def model_spec(model: ModelArg, load_options: Mapping[str, Any] | None = None) -
     options.update(load_options or {})
     path = resolve_path(model)
     return _pickling.model_spec(path, _pickling.file_identity(path), options)
+
+
+def check_nulls(nulls: object) -> str:
+    """The null policies of the integrations: each row keeps its place, so no ``"skip"``."""
+    return choice(nulls, "nulls", ("raise", "empty"), " (every row keeps its place)")
 
 
 def check_context_options(options: Mapping[str, Any]) -> None:
@@ -108,9 +137,7 @@ def thread_count(n_threads: int | None) -> int | None:
     Dask's workers set to 1 and Ray sets to an actor's ``num_cpus``), else None (the core's
     default: this machine's cores)."""
     if n_threads is not None:
-        if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
-            raise ValueError(f"n_threads must be a positive int or None, got {n_threads!r}")
-        return n_threads
+        return positive_int(n_threads, "n_threads")
     try:
         env = int(os.environ.get("OMP_NUM_THREADS", ""))
     except ValueError:

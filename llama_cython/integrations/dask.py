@@ -37,7 +37,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from llama_cython._checks import positive_int
 from llama_cython._optional import require
+from llama_cython.errors import OptionError
 from llama_cython.integrations import _common
 
 if TYPE_CHECKING:
@@ -110,11 +112,6 @@ def _frame(df: Any, column: str, what: str) -> Any:
     return dd
 
 
-def _check_nulls(nulls: str) -> None:
-    if nulls not in ("raise", "empty"):
-        raise ValueError(f"nulls must be 'raise' or 'empty' (every row keeps its place), got {nulls!r}")
-
-
 def _embedding_setup(model: ModelArg, context_options: Mapping[str, Any] | None,
                      load_options: Mapping[str, Any] | None, dim: int | None,
                      nulls: str) -> tuple[dict[str, Any], dict[str, Any], int]:
@@ -122,11 +119,11 @@ def _embedding_setup(model: ModelArg, context_options: Mapping[str, Any] | None,
     the file here once, memory-mapped, when ``dim`` is not given)."""
     from llama_cython import Model, load_model
 
-    _check_nulls(nulls)
+    _common.check_nulls(nulls)
     options = {"embeddings": True, **(context_options or {})}
     _common.check_context_options(options)
     if options.get("pooling") in ("none", "rank"):
-        raise ValueError(f"pooling={options['pooling']!r}: these helpers make one vector per text "
+        raise OptionError(f"pooling={options['pooling']!r}: these helpers make one vector per text "
                          "(use Context.get_token_embeddings for token vectors)")
     spec = _common.model_spec(model, load_options)
     if dim is None:
@@ -135,9 +132,7 @@ def _embedding_setup(model: ModelArg, context_options: Mapping[str, Any] | None,
         else:
             with load_model(spec["path"], **spec["options"]) as m:
                 dim = m.n_embd_out
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"dim must be a positive int (the embedding width), got {dim!r}")
-    return spec, options, dim
+    return spec, options, positive_int(dim, "dim")
 
 
 def embed_partitions(df: DaskDataFrame, model: ModelArg, *, column: str = "text",
@@ -199,7 +194,7 @@ def embed_array(data: DaskDataFrame | DaskSeries, model: ModelArg, *, column: st
     if lengths is not False:
         rows = tuple(int(n) for n in lengths)
         if len(rows) != data.npartitions:
-            raise ValueError(f"lengths has {len(rows)} entries for {data.npartitions} partitions")
+            raise OptionError(f"lengths has {len(rows)} entries for {data.npartitions} partitions")
         arr = da.Array(arr.__dask_graph__(), arr.name, chunks=(rows, (dim,)), dtype=np.float32,
                        meta=meta)
     return arr
@@ -220,7 +215,7 @@ def count_tokens_partitions(df: DaskDataFrame, model: ModelArg, *, column: str =
     _frame(df, column, "count_tokens_partitions")
     import pandas as pd
 
-    _check_nulls(nulls)
+    _common.check_nulls(nulls)
     if load_options is None and not isinstance(model, Model):
         load_options = {"vocab_only": True}
     spec = _common.model_spec(model, load_options)

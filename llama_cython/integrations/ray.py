@@ -23,9 +23,12 @@ or by hand::
 
 ``model`` is a GGUF path, a registry name (``llama_cython.models``) or a loaded
 :class:`~llama_cython.Model`; a Model travels to the actors as its spec (file, identity and
-load options) and each actor's process loads it once. The classes do not import Ray
-themselves (any engine that calls a function on batches of columns can use them); the
-``*_dataset`` helpers do, and without Ray they say to install ``llama_cython[ray]``.
+load options) and each actor's process loads it once. The ``*_dataset`` helpers resolve a path
+or registry name on the driver (a relative path against the driver's working directory) and
+pass its spec, so every actor loads the driver's file or refuses to start; a class given to
+``map_batches`` by hand with a path resolves it in each actor's process. The classes do not
+import Ray themselves (any engine that calls a function on batches of columns can use them);
+the ``*_dataset`` helpers do, and without Ray they say to install ``llama_cython[ray]``.
 
 Embeddings depend on which texts share a batch (by float rounding, up to about 5e-4; see
 the embeddings guide), so results equal an in-process ``get_embeddings_batch`` over the same
@@ -43,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from llama_cython._checks import choice, positive_int
 from llama_cython._optional import require
 from llama_cython.integrations import _common
 
@@ -58,7 +62,9 @@ Dataset: TypeAlias = Any
 #: arrays.
 Batch: TypeAlias = Any
 BatchFormat: TypeAlias = Literal["pyarrow", "pandas", "numpy"]
-ModelArg: TypeAlias = "str | os.PathLike[str] | Model"
+#: A model as the callables take it; the ``*_dataset`` helpers pass a
+#: :class:`~llama_cython.integrations._common.ModelSpec` (resolved on the driver).
+ModelArg: TypeAlias = "str | os.PathLike[str] | Model | _common.ModelSpec"
 _Nulls: TypeAlias = Literal["raise", "empty"]
 
 
@@ -114,6 +120,12 @@ class _BatchFunction:
         self._init = init          # the constructor's arguments, for pickling
         self.model: Model = _common.load(self._spec)
 
+    @classmethod
+    def default_load_options(cls, model: ModelArg,
+                             load_options: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        """The load options for ``model`` when the caller gave ``load_options``."""
+        return load_options
+
     def __reduce__(self) -> tuple[Any, ...]:
         # An instance travels as its constructor's arguments (the model as its spec), and is
         # constructed again (model loaded once per process) on the other side.
@@ -145,8 +157,7 @@ class Embedder(_BatchFunction):
                  normalize: bool = True, truncate: bool = True, batch_tokens: int | None = None,
                  nulls: _Nulls = "raise", context_options: Mapping[str, Any] | None = None,
                  n_threads: int | None = None, load_options: Mapping[str, Any] | None = None) -> None:
-        if nulls not in ("raise", "empty"):
-            raise ValueError(f"nulls must be 'raise' or 'empty' (every row keeps its place), got {nulls!r}")
+        _common.check_nulls(nulls)
         options = {"embeddings": True, **(context_options or {})}
         _common.check_context_options(options)
         super().__init__(model, column, output_column, load_options, {
@@ -190,18 +201,24 @@ class TokenCounter(_BatchFunction):
     def __init__(self, model: ModelArg, *, column: str = "text", output_column: str = "n_tokens",
                  add_special: bool = True, parse_special: bool = False, nulls: _Nulls = "raise",
                  n_threads: int | None = None, load_options: Mapping[str, Any] | None = None) -> None:
-        from llama_cython import Model
-
-        if nulls not in ("raise", "empty"):
-            raise ValueError(f"nulls must be 'raise' or 'empty' (every row keeps its place), got {nulls!r}")
+        _common.check_nulls(nulls)
         init = {"model": model, "column": column, "output_column": output_column,
                 "add_special": add_special, "parse_special": parse_special, "nulls": nulls,
                 "n_threads": n_threads, "load_options": load_options}
-        if load_options is None and not isinstance(model, Model):
-            load_options = {"vocab_only": True}
-        super().__init__(model, column, output_column, load_options, init)
+        super().__init__(model, column, output_column, self.default_load_options(model, load_options),
+                         init)
         self._call: dict[str, Any] = {"add_special": add_special, "parse_special": parse_special,
                                       "nulls": nulls, "n_threads": _common.thread_count(n_threads)}
+
+    @classmethod
+    def default_load_options(cls, model: ModelArg,
+                             load_options: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        """``vocab_only`` for a path or registry name: counting needs only the tokenizer."""
+        from llama_cython import Model
+
+        if load_options is None and not isinstance(model, (Model, _common.ModelSpec)):
+            return {"vocab_only": True}
+        return load_options
 
     def __call__(self, batch: Batch) -> Batch:
         kind = _kind(batch)
@@ -267,10 +284,14 @@ def _map(ds: Dataset, fn: type[_BatchFunction], model: ModelArg, kwargs: dict[st
          batch_size: int | None, batch_format: BatchFormat,
          ray_options: Mapping[str, Any] | None) -> Dataset:
     ray = require("ray", f"llama_cython.integrations.ray.{what}()")
-    if isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 1:
-        raise ValueError(f"num_cpus must be a positive int (the threads of each actor), got {num_cpus!r}")
-    if batch_format not in ("pyarrow", "pandas", "numpy"):
-        raise ValueError(f"batch_format must be 'pyarrow', 'pandas' or 'numpy', got {batch_format!r}")
+    num_cpus = positive_int(num_cpus, "num_cpus")
+    choice(batch_format, "batch_format", ("pyarrow", "pandas", "numpy"))
+    # The model is resolved here, on the driver: a relative path against the driver's working
+    # directory, a registry name in the driver's cache; the actors get the spec, and each
+    # checks that the file it loads is the driver's (size and sampled sha256).
+    load_options = fn.default_load_options(model, kwargs.get("load_options"))
+    spec = _common.ModelSpec(_common.model_spec(model, load_options))
+    kwargs = {**kwargs, "load_options": None}
     options: dict[str, Any] = dict(ray_options or {})
     if concurrency is not None:
         if isinstance(concurrency, tuple):
@@ -280,7 +301,7 @@ def _map(ds: Dataset, fn: type[_BatchFunction], model: ModelArg, kwargs: dict[st
             options.setdefault("compute", ray.data.ActorPoolStrategy(size=concurrency))
     if "n_threads" in kwargs and kwargs["n_threads"] is None:
         kwargs["n_threads"] = num_cpus
-    return ds.map_batches(fn, fn_constructor_args=(model,), fn_constructor_kwargs=kwargs,
+    return ds.map_batches(fn, fn_constructor_args=(spec,), fn_constructor_kwargs=kwargs,
                           batch_size=batch_size, batch_format=batch_format, num_cpus=num_cpus,
                           **options)
 

@@ -9,11 +9,15 @@ A job reads one text column of a Parquet, CSV, JSONL or text file (or stdin line
 Memory is bounded by the chunk size, not by the input. :func:`embed_file` and
 :func:`generate_file` write each finished chunk to ``<output>.partial/part-NNNNNN.<ext>`` (temp
 file, fsync, rename) and record it in ``<output>.partial/manifest.json`` (the same way), with
-every option that shapes the output and the identity of the model and the input. Interrupted
-(Ctrl-C, SIGKILL, power loss) and run again with the same arguments, a job checks the manifest,
-skips the finished chunks and continues; at the end the parts are joined into a temporary file
-that is fsynced and renamed onto the output. The output is therefore absent or complete, never
-half-written, and holds every input row exactly once, in order.
+the job's options, the context's options (all but the thread counts), the model (its file's
+absolute path, size and sampled sha256, and its load options) and the input (path, size,
+modification time). Interrupted (Ctrl-C, SIGKILL, power loss) and run again with the same
+arguments, a job checks the manifest, skips the finished chunks and continues; a difference in
+any of these is refused, naming it. At the end the parts are joined into a temporary file that
+is fsynced and renamed onto the output. The output is therefore absent or complete, never
+half-written, and holds every input row exactly once, in order. A run holds an exclusive lock
+on ``<output>.lock`` (``flock``; the file is removed at the end), so a second run of the same
+job at the same time is refused.
 """
 
 from __future__ import annotations
@@ -22,18 +26,18 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from llama_cython.errors import LlamaError
+from llama_cython.errors import JobResumeError, LlamaError, OptionError
 from llama_cython.jobs._read import (
     InputBatch,
     Nulls,
     PathArg,
     batches,
     cheap_count,
+    check_columns,
     count_rows,
     input_format,
     prepare,
@@ -42,12 +46,11 @@ from llama_cython.jobs._read import (
 from llama_cython.jobs._run import (
     Job,
     JobResult,
-    JobResumeError,
     Progress,
     check_common,
+    context_identity,
     in_rows,
     progress_callback,
-    read_manifest,
     run_job,
     write_stdout,
 )
@@ -87,15 +90,16 @@ def embed_file(ctx: Context, input: PathArg, output: PathArg, *, column: str = "
 
     The job writes ``chunk_rows`` rows at a time into ``<output>.partial/``; run again with the
     same arguments after an interruption, it continues after the last finished chunk
-    (``resume=False`` discards it and starts over). A job whose settings, input file or model
-    differ from the unfinished one's raises :class:`JobResumeError`. An existing ``output`` is
-    a FileExistsError unless ``overwrite=True``. ``progress`` is True (a tqdm bar) or
-    ``progress(done_rows, total_rows)`` (``total_rows`` None where unknown).
+    (``resume=False`` discards it and starts over). A job whose settings (its own, or the
+    context's but for thread counts), input file or model differ from the unfinished one's
+    raises :class:`JobResumeError`, as does a run while another process runs the same job.
+    An existing ``output`` is a FileExistsError unless ``overwrite=True``. ``progress`` is True
+    (a tqdm bar) or ``progress(done_rows, total_rows)`` (``total_rows`` None where unknown).
     """
     fmt = output_format(output, ("parquet", "npy", "jsonl"), "embed_file")
-    check_common(("embedding",), id_column, nulls, chunk_rows)
+    chunk_rows = check_common(("embedding",), id_column, nulls, chunk_rows)
     if nulls == "skip" and fmt == "npy":
-        raise ValueError("nulls='skip' with a .npy output would lose which rows were left out; "
+        raise OptionError("nulls='skip' with a .npy output would lose which rows were left out; "
                          "write .parquet or .jsonl (they keep the row numbers) or use nulls='empty'")
     dim = int(ctx.get_embeddings_batch([]).shape[1])       # also checks that ctx embeds
     buf = [np.empty((0, dim), dtype=np.float32)]           # one chunk's vectors, reused
@@ -109,7 +113,7 @@ def embed_file(ctx: Context, input: PathArg, output: PathArg, *, column: str = "
 
     options = {"normalize": bool(normalize), "pooling": ctx.pooling, "n_ctx": ctx.n_ctx, "dim": dim}
     job = Job("embed", ctx.model, input, output, fmt, column, id_column, chunk_rows, nulls,
-              options, {"embedding": "embedding"}, compute, True, dim)
+              options, {"embedding": "embedding"}, compute, True, dim, context_identity(ctx.options))
     return run_job(job, progress, resume, overwrite)
 
 
@@ -127,7 +131,7 @@ def generate_file(ctx: Context, input: PathArg, output: PathArg, *, column: str 
     uninterrupted one would. Resuming, ``overwrite`` and ``progress`` as in :func:`embed_file`.
     """
     fmt = output_format(output, ("parquet", "jsonl"), "generate_file")
-    check_common(("text", "finish_reason", "tokens"), id_column, nulls, chunk_rows)
+    chunk_rows = check_common(("text", "finish_reason", "tokens"), id_column, nulls, chunk_rows)
     stops = [stop] if isinstance(stop, str) else list(stop or ())
 
     def compute(texts: Any, report: Callable[[int], None] | None) -> dict[str, Any]:
@@ -146,7 +150,7 @@ def generate_file(ctx: Context, input: PathArg, output: PathArg, *, column: str 
                "n_ctx": ctx.n_ctx, "n_parallel": ctx.n_parallel}
     job = Job("generate", ctx.model, input, output, fmt, column, id_column, chunk_rows, nulls,
               options, {"text": "string", "finish_reason": "string", "tokens": "int32"},
-              compute, True)
+              compute, True, 0, context_identity(ctx.options))
     return run_job(job, progress, resume, overwrite)
 
 
@@ -160,7 +164,7 @@ def count_file(model: Model, input: PathArg, output: PathArg | None = None, *, c
     total). The job is fast and not resumable: it starts over each time (a file output still
     appears only complete).
     """
-    check_common(("n_tokens",), id_column, nulls, chunk_rows)
+    chunk_rows = check_common(("n_tokens",), id_column, nulls, chunk_rows)
 
     def compute(texts: Any, report: Callable[[int], None] | None) -> dict[str, Any]:
         counts = (model.count_tokens(texts, add_special=add_special) if len(texts)
@@ -171,11 +175,6 @@ def count_file(model: Model, input: PathArg, output: PathArg | None = None, *, c
     totals = [0]
     if output is not None and os.fspath(output) != "-":
         fmt = output_format(output, ("parquet", "jsonl"), "count_file")
-        work = Path(output).with_name(Path(output).name + ".partial")
-        manifest = read_manifest(work)
-        if manifest is not None and manifest.get("kind") not in ("count", None):
-            raise JobResumeError(f"{work} holds an unfinished {manifest.get('kind')} job; finish it, "
-                                 "or delete the folder, before counting into the same output")
         job = Job("count", model, input, output, fmt, column, id_column, chunk_rows, nulls,
                   {"add_special": bool(add_special)}, {"n_tokens": "int32"}, compute, False)
         r = run_job(job, progress, False, overwrite)
@@ -183,6 +182,7 @@ def count_file(model: Model, input: PathArg, output: PathArg | None = None, *, c
 
     t0 = time.perf_counter()
     in_fmt = input_format(input)
+    check_columns(input, in_fmt, column, id_column, nulls)
     report, close = progress_callback(progress, cheap_count(input, in_fmt), 0)
     writer = Writer("jsonl", id_column or "row", {"n_tokens": "int32"})
     rows_out = chunks = 0
@@ -193,7 +193,7 @@ def count_file(model: Model, input: PathArg, output: PathArg | None = None, *, c
             try:
                 values = compute(texts, None)
             except (TypeError, ValueError) as exc:
-                raise in_rows(exc, batch.start, source) from exc
+                raise in_rows(exc, rows, batch.start, source) from exc
             if output is not None:
                 write_stdout(writer, rows, ids, values)
             rows_out += len(rows)

@@ -3,12 +3,13 @@ or text file, or stdin lines, streamed in batches of a fixed number of rows."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
@@ -16,13 +17,17 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from llama_cython._checks import positive_int
 from llama_cython._optional import require
+from llama_cython.errors import OptionError
 
 PathArg: TypeAlias = "str | os.PathLike[str]"
 Nulls: TypeAlias = Literal["raise", "empty", "skip"]
 
 _INPUTS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl",
            ".ndjson": "jsonl", ".txt": "txt"}
+# The csv module refuses fields over 128 KiB by default; a document can be longer.
+_CSV_FIELD_LIMIT = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -46,8 +51,8 @@ def input_format(path: PathArg) -> str:
         return "stdin"
     suffix = Path(path).suffix.lower()
     if suffix not in _INPUTS:
-        raise ValueError(f"{os.fspath(path)}: unknown input format {suffix or '(no suffix)'!r}; "
-                         "expected .parquet, .csv, .jsonl/.ndjson, .txt or '-' (stdin lines)")
+        raise OptionError(f"{os.fspath(path)}: unknown input format {suffix or '(no suffix)'!r}; "
+                          "expected .parquet, .csv, .jsonl/.ndjson, .txt or '-' (stdin lines)")
     return _INPUTS[suffix]
 
 
@@ -62,7 +67,7 @@ def read_table_batches(path: PathArg, column: str, *, id_column: str | None = No
     are not rows), a ``.txt`` file of one text per line, or ``"-"`` for stdin lines (these two
     have no columns: ``column`` is not used and ``id_column`` must be None).
     """
-    check_int(batch_rows, "batch_rows")
+    batch_rows = positive_int(batch_rows, "batch_rows")
     return batches(path, input_format(path), column, id_column, batch_rows, 0)
 
 
@@ -73,12 +78,10 @@ def count_rows(path: PathArg) -> int:
     if fmt == "stdin":
         raise ValueError("stdin cannot be counted without reading it")
     if fmt == "parquet":
-        pq = require("pyarrow.parquet", "reading Parquet files")
-        return int(pq.ParquetFile(os.fspath(path)).metadata.num_rows)
+        return int(_parquet_file(path).metadata.num_rows)
     n = 0
     if fmt == "csv":
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = csv.reader(f)
+        with contextlib.closing(_csv_records(path)) as rows:
             if next(rows, None) is not None:
                 n = sum(1 for row in rows if row)
         return n
@@ -97,9 +100,49 @@ def cheap_count(path: PathArg, fmt: str) -> int | None:
     return count_rows(path) if fmt in ("parquet", "txt", "jsonl") else None
 
 
-def check_int(value: object, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+def check_columns(path: PathArg, fmt: str, column: str, id_column: str | None, nulls: str) -> None:
+    """Refuse a column the input does not have before a job creates anything: from a Parquet
+    file's schema, a CSV file's header, or a JSONL file's first object (where a missing key
+    reads as a null: an error only with ``nulls="raise"``, and none for the id column)."""
+    name = os.fspath(path)
+    if fmt in ("txt", "stdin"):
+        if id_column is not None:
+            raise ValueError(f"{name}: a text input (one text per line) has no columns; "
+                             "id_column must be None")
+        return
+    if fmt == "jsonl":
+        if nulls == "raise":
+            with contextlib.closing(_jsonl_objects(path, 0)) as objects:
+                first = next(objects, None)
+            if first is not None and column not in first[1]:
+                raise ValueError(f"{name} has no column {column!r}: its first object (line "
+                                 f"{first[0]}) has the keys {sorted(first[1])}")
+        return
+    if fmt == "parquet":
+        names = list(_parquet_file(path).schema_arrow.names)
+    else:
+        with contextlib.closing(_csv_records(path)) as rows:
+            header = next(rows, None)
+        if header is None:                      # an empty file: no rows, no columns to check
+            return
+        names = header
+    _column_index(path, names, column)
+    if id_column is not None:
+        _column_index(path, names, id_column)
+
+
+def kept_rows(batch: InputBatch, nulls: str) -> npt.NDArray[np.int64]:
+    """The file rows of the texts a call on ``batch.texts`` sees under the null policy
+    ``nulls``: texts[k] is file row ``kept_rows(...)[k]`` (``"skip"`` leaves the nulls out)."""
+    rows = np.arange(batch.start, batch.start + len(batch), dtype=np.int64)
+    if nulls != "skip":
+        return rows
+    if isinstance(batch.texts, list):
+        keep = np.array([not _is_null(t) for t in batch.texts], dtype=bool)
+    else:
+        keep = np.asarray(batch.texts.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    kept: npt.NDArray[np.int64] = rows[keep]
+    return kept
 
 
 def batches(path: PathArg, fmt: str, column: str, id_column: str | None, batch_rows: int,
@@ -199,9 +242,10 @@ def _decode_lines(data: bytes, name: str, first_row: int) -> list[str]:
     return lines
 
 
-def _jsonl_rows(path: PathArg, column: str, id_column: str | None,
-                skip: int) -> Iterator[tuple[Any, Any]]:
+def _jsonl_objects(path: PathArg, skip: int) -> Generator[tuple[int, dict[str, Any]], None, None]:
+    """(line number, object) of each row of a JSONL file after the first ``skip`` rows."""
     n = 0
+    name = os.fspath(path)
     with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -211,21 +255,54 @@ def _jsonl_rows(path: PathArg, column: str, id_column: str | None,
                 continue
             try:
                 obj = json.loads(line)
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{name}: line {lineno} is not valid UTF-8 ({exc.reason} at byte "
+                                 f"{exc.start})") from None
             except ValueError as exc:
-                raise ValueError(f"{os.fspath(path)}: line {lineno} is not JSON ({exc})") from None
+                raise ValueError(f"{name}: line {lineno} is not JSON ({exc})") from None
             if not isinstance(obj, dict):
-                raise ValueError(f"{os.fspath(path)}: line {lineno} is a JSON "
-                                 f"{type(obj).__name__}, not an object")
-            yield obj.get(column), (obj.get(id_column) if id_column is not None else None)
+                raise ValueError(f"{name}: line {lineno} is a JSON {type(obj).__name__}, not an object")
+            yield lineno, obj
+
+
+def _jsonl_rows(path: PathArg, column: str, id_column: str | None,
+                skip: int) -> Iterator[tuple[Any, Any]]:
+    for _, obj in _jsonl_objects(path, skip):
+        yield obj.get(column), (obj.get(id_column) if id_column is not None else None)
+
+
+def _csv_records(path: PathArg) -> Generator[list[str], None, None]:
+    """The records of a CSV file, header first; a byte that is not UTF-8 or a record the csv
+    module refuses is a ValueError that names the file and the line."""
+    if csv.field_size_limit() < _CSV_FIELD_LIMIT:
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = csv.reader(f)
+        try:
+            yield from rows
+        except UnicodeDecodeError:
+            raise ValueError(_not_utf8(path)) from None
+        except csv.Error as exc:
+            raise ValueError(f"{os.fspath(path)}: line {rows.line_num} is not valid CSV ({exc})") from None
+
+
+def _not_utf8(path: PathArg) -> str:
+    """Where a text file's first byte that is not UTF-8 is (the decoder reads ahead in blocks,
+    so its own error does not say): its line, found again line by line (a newline is never
+    inside a UTF-8 sequence)."""
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return (f"{os.fspath(path)}: line {lineno} is not valid UTF-8 ({exc.reason} at "
+                        f"byte {exc.start})")
+    return f"{os.fspath(path)} is not valid UTF-8"
 
 
 def _csv_rows(path: PathArg, column: str, id_column: str | None,
               skip: int) -> Iterator[tuple[Any, Any]]:
-    # The csv module refuses fields over 128 KiB by default; a document can be longer.
-    if csv.field_size_limit() < (1 << 30):
-        csv.field_size_limit(1 << 30)
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = csv.reader(f)
+    with contextlib.closing(_csv_records(path)) as rows:
         header = next(rows, None)
         if header is None:
             return
@@ -249,11 +326,36 @@ def _column_index(path: PathArg, names: list[str], column: str) -> int:
     return names.index(column)
 
 
+def _parquet_file(path: PathArg) -> Any:
+    """``pyarrow.parquet.ParquetFile(path)``; an Arrow error (not a Parquet file) names the file."""
+    pa = require("pyarrow", "reading Parquet files")
+    pq = require("pyarrow.parquet", "reading Parquet files")
+    try:
+        return pq.ParquetFile(os.fspath(path))
+    except pa.ArrowException as exc:
+        raise _arrow_error(exc, path) from exc
+
+
+def _arrow_error(exc: BaseException, path: PathArg) -> BaseException:
+    """``exc`` (a pyarrow error) of the same type, its message prefixed with the file."""
+    try:
+        return type(exc)(f"{os.fspath(path)}: {exc}")
+    except Exception:
+        return exc
+
+
 def _parquet_batches(path: PathArg, column: str, id_column: str | None, batch_rows: int,
                      skip: int) -> Iterator[InputBatch]:
     pa = require("pyarrow", "reading Parquet files")
-    pq = require("pyarrow.parquet", "reading Parquet files")
-    pf = pq.ParquetFile(os.fspath(path))
+    pf = _parquet_file(path)
+    try:
+        yield from _parquet_file_batches(pa, pf, path, column, id_column, batch_rows, skip)
+    except pa.ArrowException as exc:            # e.g. a compression codec this pyarrow lacks
+        raise _arrow_error(exc, path) from exc
+
+
+def _parquet_file_batches(pa: Any, pf: Any, path: PathArg, column: str, id_column: str | None,
+                          batch_rows: int, skip: int) -> Iterator[InputBatch]:
     names = pf.schema_arrow.names
     _column_index(path, names, column)
     cols = [column]

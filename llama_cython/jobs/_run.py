@@ -1,7 +1,16 @@
-"""Running a job: the working folder and its manifest, resuming, and the final assembly."""
+"""Running a job: the working folder and its manifest, resuming, and the final assembly.
+
+The manifest's ``state`` is ``"running"`` while chunks are written, ``"assembled"`` once the
+parts are joined into ``output.tmp`` (of the recorded size), and ``"done"`` once the output is
+in place and the folder is being removed. The folder appears whole (built under another name,
+then renamed) and goes in one step (renamed to a trash folder, then deleted), so a working
+folder always holds a manifest. A run holds ``<output>.lock`` throughout, so that two runs of
+one job never share the folder.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -17,19 +26,28 @@ from typing import IO, TYPE_CHECKING, Any, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from llama_cython._checks import choice, positive_int
 from llama_cython._optional import require
-from llama_cython.errors import LlamaError
-from llama_cython.jobs._files import atomic_write, fsync_dir, kill_point, kill_reset
+from llama_cython.errors import JobResumeError, OptionError
+from llama_cython.jobs._files import (
+    atomic_write,
+    discard,
+    exclusive,
+    fsync_dir,
+    kill_point,
+    kill_reset,
+    trash_folders,
+)
 from llama_cython.jobs._read import (
     InputBatch,
     PathArg,
     batches,
     cheap_count,
-    check_int,
+    check_columns,
     input_format,
     prepare,
 )
-from llama_cython.jobs._write import Writer, output_rows
+from llama_cython.jobs._write import Writer
 
 if TYPE_CHECKING:
     from llama_cython._core import Model
@@ -40,13 +58,11 @@ Compute: TypeAlias = "Callable[[Any, Callable[[int], None] | None], dict[str, An
 
 _MANIFEST = "manifest.json"
 _FORMAT = "llama_cython.jobs"
-_VERSION = 1
+_VERSION = 2
 _NULLS = ("raise", "empty", "skip")
-
-
-class JobResumeError(LlamaError, ValueError):
-    """An unfinished job's working folder does not belong to this job (other options, another
-    input or model, stdin): delete the folder or pass ``resume=False`` to start over."""
+# Context options that do not change what a job writes (ggml splits an operation's output rows
+# among the threads, each row computed the same way): a job may resume with other thread counts.
+_NOT_RECORDED = ("n_threads", "n_threads_batch")
 
 
 @dataclass(frozen=True)
@@ -64,10 +80,19 @@ class JobResult:
 
 
 def _model_identity(model: Model) -> dict[str, Any]:
-    path = Path(model.path)
-    size = path.stat().st_size if path.is_file() else None
-    return {"path": str(path.resolve()), "size": size, "description": model.description,
-            "n_params": model.n_params}
+    """The model as a manifest records it: the file it was loaded from (made absolute when it
+    was loaded, not against this job's working directory), its load options, and its token
+    (``__dask_tokenize__``: the file's size and sampled sha256, with the load options)."""
+    try:
+        path = str(model.__reduce__()[1][0]["path"])      # the pickle spec's absolute path
+    except (LookupError, TypeError):
+        path = os.path.abspath(model.path)
+    return {"path": path, "load_options": model.load_options, "token": model.__dask_tokenize__()}
+
+
+def context_identity(options: dict[str, Any]) -> dict[str, Any]:
+    """A context's ``options`` as a manifest records them (not the thread counts)."""
+    return {k: v for k, v in options.items() if k not in _NOT_RECORDED}
 
 
 def _input_identity(path: PathArg, fmt: str) -> dict[str, Any]:
@@ -77,9 +102,14 @@ def _input_identity(path: PathArg, fmt: str) -> dict[str, Any]:
     return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def _json_default(value: Any) -> Any:
+    """A value JSON cannot hold: a numpy scalar as its Python value, anything else as repr()."""
+    return value.item() if isinstance(value, np.generic) else repr(value)
+
+
 def _canonical(value: Any) -> Any:
     """The JSON round trip of ``value``, so that a fresh job compares equal to a stored one."""
-    return json.loads(json.dumps(value, sort_keys=True, default=repr))
+    return json.loads(json.dumps(value, sort_keys=True, default=_json_default))
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -87,8 +117,15 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
         out = []
         for key in sorted(set(old) | set(new)):
             out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        if not prefix and any(d.startswith("model.load_options.") for d in out):
+            out = [d for d in out if not d.startswith("model.token:")]   # it holds the options
         return out
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def _same_job(manifest: dict[str, Any], identity: dict[str, Any]) -> list[str]:
+    """How the job recorded in ``manifest`` differs from ``identity`` (empty: the same job)."""
+    return _differences({k: manifest.get(k) for k in identity}, identity)
 
 
 def _write_manifest(work: Path, manifest: dict[str, Any]) -> None:
@@ -101,15 +138,14 @@ def _write_manifest(work: Path, manifest: dict[str, Any]) -> None:
 
 
 def read_manifest(work: Path) -> dict[str, Any] | None:
-    """The manifest of an unfinished job; None when there is no working folder, and
-    ``{"state": "removed"}`` for a folder without its manifest: only the last steps of
-    :func:`_remove_work` leave one (a new folder appears whole, see :func:`_create_work`), so
-    that job had finished."""
+    """The manifest of the job in a working folder; None when there is no folder. A folder
+    always has one (it appears whole and goes in one step): one without is not a job's."""
     if not work.is_dir():
         return None
     path = work / _MANIFEST
     if not path.is_file():
-        return {"state": "removed"}
+        raise JobResumeError(f"{work} has no {_MANIFEST}, so it is not a llama_cython job folder; "
+                             "delete it to run the job")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
@@ -121,9 +157,31 @@ def read_manifest(work: Path) -> dict[str, Any] | None:
     return manifest
 
 
+def _manifest_or_none(work: Path) -> dict[str, Any] | None:
+    """The manifest in ``work``, or None where there is none that can be read."""
+    try:
+        return read_manifest(work)
+    except (JobResumeError, OSError):
+        return None
+
+
+def _finished(manifest: dict[str, Any] | None, identity: dict[str, Any], out: Path) -> bool:
+    """True when ``manifest`` says that its job finished, that job is this one, and the output
+    is the file it put in place (of the recorded size). Never for stdin input: this run's stdin
+    cannot be checked against that run's."""
+    if manifest is None or manifest.get("state") != "done" or _same_job(manifest, identity):
+        return False
+    if identity.get("input", {}).get("path") == "-":
+        return False
+    try:
+        return out.is_file() and out.stat().st_size == manifest.get("output_size")
+    except OSError:
+        return False
+
+
 def _create_work(work: Path, manifest: dict[str, Any]) -> None:
     """Create the working folder with its first manifest in one step: built under another
-    name, then renamed, so that a folder without a manifest means only one thing."""
+    name, then renamed, so that a working folder always has a manifest."""
     new = work.with_name(work.name + ".new")
     if new.exists():
         shutil.rmtree(new)
@@ -131,23 +189,6 @@ def _create_work(work: Path, manifest: dict[str, Any]) -> None:
     _write_manifest(new, manifest)
     os.rename(new, work)
     fsync_dir(work.parent)
-
-
-def _remove_work(work: Path) -> None:
-    """Remove a working folder so that a kill on the way leaves a state a rerun understands:
-    the parts first, the manifest last."""
-    if not work.exists():
-        return
-    for p in sorted(work.iterdir()):
-        if p.name != _MANIFEST:
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-    kill_point()
-    (work / _MANIFEST).unlink(missing_ok=True)
-    kill_point()
-    work.rmdir()
 
 
 def progress_callback(progress: Progress, total: int | None,
@@ -192,58 +233,91 @@ class Job:
     compute: Compute
     as_list: bool
     dim: int = 0
+    context: dict[str, Any] | None = None     # the context's options (context_identity)
 
 
 def check_common(output_names: tuple[str, ...], id_column: str | None, nulls: str,
-                 chunk_rows: int) -> None:
-    check_int(chunk_rows, "chunk_rows")
-    if nulls not in _NULLS:
-        raise ValueError(f"nulls must be 'raise', 'empty' or 'skip', got {nulls!r}")
-    if id_column is not None and (not isinstance(id_column, str) or id_column in output_names):
-        raise ValueError(f"id_column {id_column!r} would clash with the output columns {output_names}")
+                 chunk_rows: int) -> int:
+    """Check the options every job takes; return ``chunk_rows`` as an int."""
+    rows = positive_int(chunk_rows, "chunk_rows")
+    choice(nulls, "nulls", _NULLS)
+    if id_column is not None:
+        if not isinstance(id_column, str):
+            raise TypeError(f"id_column must be a str or None, got {type(id_column).__name__}")
+        if id_column in output_names:
+            raise OptionError(f"id_column {id_column!r} would clash with the output columns "
+                              f"{output_names}")
+    return rows
 
 
 def run_job(job: Job, progress: Progress, resume: bool, overwrite: bool) -> JobResult:
-    """Run (or resume) a chunked job and assemble its output."""
+    """Run (or resume) a chunked job and assemble its output, holding ``<output>.lock``."""
     t0 = time.perf_counter()
     kill_reset()
     in_fmt = input_format(job.input)
     out = Path(job.output)
-    work = out.with_name(out.name + ".partial")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"{out}: its folder {out.parent} does not exist")
+    # before the working folder exists: a wrong column must not leave a job behind
+    check_columns(job.input, in_fmt, job.column, job.id_column, job.nulls)
     writer = Writer(job.fmt, job.id_column or "row", job.columns, job.dim)
     identity = _canonical({
         "format": _FORMAT, "version": _VERSION, "kind": job.kind,
         "options": {"column": job.column, "id_column": job.id_column, "chunk_rows": job.chunk_rows,
                     "nulls": job.nulls, "output_format": job.fmt, **job.options},
-        "model": _model_identity(job.model), "input": _input_identity(job.input, in_fmt)})
+        "context": job.context, "model": _model_identity(job.model),
+        "input": _input_identity(job.input, in_fmt)})
+    with exclusive(out.with_name(out.name + ".lock")):
+        return _run_locked(job, progress, resume, overwrite, in_fmt, out, writer, identity, t0)
+
+
+def _run_locked(job: Job, progress: Progress, resume: bool, overwrite: bool, in_fmt: str, out: Path,
+                writer: Writer, identity: dict[str, Any], t0: float) -> JobResult:
+    work = out.with_name(out.name + ".partial")
     redo = f"delete {work} or pass resume=False to start over"
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"{out}: its folder {out.parent} does not exist")
 
     stale = work.with_name(work.name + ".new")
     if stale.exists():                              # a start killed before its first manifest
         shutil.rmtree(stale)
+    done = None
+    for trash in trash_folders(work):               # a run killed while deleting its folder
+        old = _manifest_or_none(trash)
+        shutil.rmtree(trash)
+        if _finished(old, identity, out):
+            done = old
     manifest = read_manifest(work)
-    if manifest is not None and manifest.get("state") == "removed":
-        shutil.rmtree(work)
+    if manifest is None and done is not None and resume:   # finished, killed while cleaning up
+        return JobResult(out, int(done["rows"]), 0, len(done["chunks"]), time.perf_counter() - t0)
+    if manifest is not None and manifest.get("state") == "done":
+        # a finished job, killed while cleaning up: its output is this job's only if the
+        # manifest says it is the same job and the output is the size it wrote
+        finished = resume and _finished(manifest, identity, out)
+        discard(work)
+        if finished:
+            return JobResult(out, int(manifest["rows"]), 0, len(manifest["chunks"]),
+                             time.perf_counter() - t0)
         manifest = None
-        if resume and out.is_file():               # finished, killed while cleaning up
-            return JobResult(out, output_rows(out, job.fmt), 0, 0, time.perf_counter() - t0)
+    if manifest is not None and not manifest.get("chunks"):
+        # nothing finished to resume (the job stopped before its first chunk, e.g. on a bad
+        # row): start over, whatever its settings were
+        discard(work)
+        manifest = None
+    if manifest is not None and job.kind == "count" and manifest.get("kind") != "count":
+        raise JobResumeError(f"{work} holds an unfinished {manifest.get('kind')} job; finish it, "
+                             "or delete the folder, before counting into the same output")
     if manifest is not None and not resume:
-        _remove_work(work)
+        discard(work)
         manifest = None
     if manifest is not None:
         if manifest.get("input", {}).get("path") == "-":
             raise JobResumeError(f"{work} holds an unfinished job that read stdin, which cannot be "
                                  f"resumed: {redo}")
-        stored = {k: manifest.get(k) for k in identity}
-        diff = _differences(stored, identity)
+        diff = _same_job(manifest, identity)
         if diff:
             raise JobResumeError(f"{work} holds an unfinished job with other settings "
                                  f"({'; '.join(diff)}): {redo}")
         if manifest.get("state") == "assembled":
-            done = _finish_assembled(work, out, manifest)
-            if done:
+            if _finish_assembled(work, out, manifest):
                 return JobResult(out, int(manifest["rows"]), 0, len(manifest["chunks"]),
                                  time.perf_counter() - t0)
     if out.exists() and not overwrite:
@@ -272,7 +346,7 @@ def run_job(job: Job, progress: Progress, resume: bool, overwrite: bool) -> JobR
             try:
                 values = job.compute(texts, _within(report, batch.start, len(batch)))
             except (TypeError, ValueError) as exc:
-                raise in_rows(exc, batch.start, source) from exc
+                raise in_rows(exc, rows, batch.start, source) from exc
             kill_point()
             name = f"part-{len(chunks):06d}.{ext}"
             _write_part(writer, work / name, rows, ids, values)
@@ -294,7 +368,8 @@ def run_job(job: Job, progress: Progress, resume: bool, overwrite: bool) -> JobR
         _assemble(work, out, manifest, writer)
     except BaseException:
         if in_fmt == "stdin" or job.kind == "count":   # nothing of these can be resumed
-            shutil.rmtree(work, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                discard(work)
         raise
     finally:
         close()
@@ -339,9 +414,14 @@ def write_stdout(writer: Writer, rows: npt.NDArray[np.int64], ids: Any,
         sys.stdout.flush()
 
 
-def in_rows(exc: Exception, at: int, source: str) -> Exception:
-    """``exc`` (about texts[k] of one chunk) restated for the file's rows."""
-    msg = re.sub(r"\b(?:texts|prompts)\[(\d+)\]", lambda m: f"row {at + int(m.group(1))}", str(exc))
+def in_rows(exc: Exception, rows: npt.NDArray[np.int64], at: int, source: str) -> Exception:
+    """``exc`` (about texts[k] of the chunk from file row ``at``) restated for the file's rows:
+    texts[k] is file row ``rows[k]`` (the rows kept by the null policy)."""
+    def row(m: re.Match[str]) -> str:
+        k = int(m.group(1))
+        return f"row {int(rows[k])}" if k < len(rows) else m.group(0)
+
+    msg = re.sub(r"\b(?:texts|prompts)\[(\d+)\]", row, str(exc))
     if msg == str(exc):
         msg = f"{msg} (in the chunk from row {at})"
     try:
@@ -379,5 +459,16 @@ def _finish_assembled(work: Path, out: Path, manifest: dict[str, Any]) -> bool:
         manifest.update(state="running")
         return False
     kill_point()
-    _remove_work(work)
+    # Mark the job done before anything is removed: a rerun after a crash from here on finds
+    # the output to be this job's (same identity, recorded size) and does not redo it.
+    manifest.update(state="done")
+    _write_manifest(work, manifest)
+    kill_point()
+    for p in work.iterdir():                  # the parts; the manifest goes with the folder
+        if p.name != _MANIFEST:
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    discard(work)
     return True

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from llama_cython._optional import require
+from llama_cython.errors import OptionError
 from llama_cython.jobs._files import kill_point
 from llama_cython.jobs._read import PathArg
 
@@ -130,16 +131,7 @@ def output_format(output: PathArg, allowed: tuple[str, ...], what: str) -> str:
     if suffix == "ndjson":
         suffix = "jsonl"
     if suffix not in allowed:
-        raise ValueError(f"{what}: unknown output format for {os.fspath(output)!r}; expected "
-                         + ", ".join("." + s for s in allowed))
+        raise OptionError(f"{what}: unknown output format for {os.fspath(output)!r}; expected "
+                          + ", ".join("." + s for s in allowed))
     return suffix
 
-
-def output_rows(out: Path, fmt: str) -> int:
-    """Rows of a finished output, read back (when its manifest is gone)."""
-    if fmt == "parquet":
-        return int(require("pyarrow.parquet", "reading Parquet files").ParquetFile(out).metadata.num_rows)
-    if fmt == "npy":
-        return int(np.load(out, mmap_mode="r").shape[0])
-    with open(out, "rb") as f:
-        return sum(1 for _ in f)
