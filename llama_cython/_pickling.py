@@ -9,10 +9,11 @@ model again, after checking that the file it finds is the one the sender had. A
 unpickling creates a fresh context (its KV cache and conversation do not travel).
 
 Unpickling the same model twice in one process loads it once: a process-wide table maps each
-(file, identity, options) to the model already loaded, so ``pickle.loads(pickle.dumps(model))``
-returns ``model`` itself in the process that holds it, and a worker that receives the same
-model with every task loads it on the first. Models loaded by unpickling stay loaded for the
-life of the process (a worker's tasks come and go); :func:`clear_model_cache` lets them go.
+(file, identity, options) to the model already loaded (the one pickled last, where several
+are), so ``pickle.loads(pickle.dumps(model))`` returns ``model`` itself in the process that
+holds it, and a worker that receives the same model with every task loads it on the first.
+Models loaded by unpickling stay loaded for the life of the process (a worker's tasks come and
+go); :func:`clear_model_cache` lets them go.
 
 This module imports the compiled core lazily: the core imports it at load time.
 """
@@ -96,11 +97,8 @@ def model_spec(path: str, identity: tuple[int, str], options: dict[str, Any]) ->
 
 def remember(model: Any, path: str, identity: tuple[int, str], options: dict[str, Any]) -> None:
     """Note a live model so that unpickling its spec in this process returns it."""
-    key = _key(path, identity, options)
     with _lock:
-        current = _live.get(key)
-        if current is None or current.closed:
-            _live[key] = model
+        _live[_key(path, identity, options)] = model     # the one pickled last is found first
 
 
 def _locate(spec: dict[str, Any]) -> tuple[str, tuple[int, str]]:

@@ -118,7 +118,7 @@ def test_entering_a_closed_object_raises(own_model):
 # Attributes that stay readable after close(), like a closed file's ``name`` and ``closed``.
 CONTEXT_READABLE_AFTER_CLOSE = {"closed", "model", "close", "last_stats", "cancel",
                                 "kv_cache_type", "flash_attn", "prefix_caching", "cached_tokens",
-                                "last_embedding_stats", "last_batch_stats", "busy"}
+                                "last_embedding_stats", "last_batch_stats", "busy", "options"}
 _HI = [{"role": "user", "content": "Hi"}]
 CONTEXT_CALLS = {
     "generate": lambda c: c.generate("Hi", max_tokens=2, temperature=0.0),
@@ -135,6 +135,8 @@ CONTEXT_CALLS = {
     "get_embeddings": lambda c: c.get_embeddings("Hi"),
     "get_embeddings_batch": lambda c: c.get_embeddings_batch(["Hi"]),
     "iter_embeddings": lambda c: c.iter_embeddings(["Hi"]),
+    "embed": lambda c: c.embed(["Hi"]),
+    "encode": lambda c: c.encode(["Hi"]),
     "get_token_embeddings": lambda c: c.get_token_embeddings(["Hi"]),
     "generate_batch": lambda c: c.generate_batch(["Hi"], max_tokens=2),
     "generate_batch_stream": lambda c: c.generate_batch_stream(["Hi"], max_tokens=2),
@@ -142,7 +144,7 @@ CONTEXT_CALLS = {
     "generate_with_draft": lambda c: c.generate_with_draft("Hi", "prompt", max_tokens=2),
     "generate_with_draft_stream": lambda c: c.generate_with_draft_stream("Hi", "prompt", max_tokens=2),
 }
-MODEL_READABLE_AFTER_CLOSE = {"closed", "close", "path", "vocab_only"}
+MODEL_READABLE_AFTER_CLOSE = {"closed", "close", "path", "vocab_only", "load_options"}
 MODEL_CALLS = {
     "tokenize": lambda m: m.tokenize("Hi"),
     "detokenize": lambda m: m.detokenize([1, 2]),
