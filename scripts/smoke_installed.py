@@ -3,15 +3,20 @@
 
     python smoke_installed.py MODEL.gguf [--expect-variant NAME]
 
-Loads the model, tokenizes, generates 8 tokens, embeds 2 texts, checks that an optional
-integration that is not installed names its extra, and prints one JSON line with what it saw
-(the CPU variant of the core that was loaded among it). Exits non-zero on any failure.
+Loads the model, tokenizes, generates 8 tokens, embeds 2 texts, pickles the model, checks that
+an optional integration that is not installed names its extra, runs the ``llama-cython``
+console script installed beside this Python (``--version``, ``info MODEL --json``), and prints
+one JSON line with what it saw (the CPU variant of the core that was loaded among it). Exits
+non-zero on any failure.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import pickle
+import subprocess
 import sys
 import time
 
@@ -43,6 +48,7 @@ def main() -> int:
             vectors = ectx.get_embeddings_batch(["a first text", "and a second one"])
         assert vectors.shape == (2, model.n_embd) and vectors.dtype.name == "float32", vectors.shape
         report["embeddings"] = list(vectors.shape)
+        assert pickle.loads(pickle.dumps(model)) is model
         try:
             import pandas  # noqa: F401
         except ImportError:
@@ -53,6 +59,20 @@ def main() -> int:
                 report["missing_extra_message"] = str(exc)
             else:
                 raise SystemExit("to_pandas() worked without pandas")
+    # The console script of this environment (under qemu, sys.executable may be the base
+    # interpreter's real file: look in sys.prefix too, else run the package's __main__).
+    cli = [sys.executable, "-m", "llama_cython"]
+    for folder in (os.path.join(sys.prefix, "bin"), os.path.dirname(sys.executable)):
+        if os.path.isfile(os.path.join(folder, "llama-cython")):
+            cli = [os.path.join(folder, "llama-cython")]
+            break
+    report["cli"] = os.path.basename(cli[0])
+    version = subprocess.run([*cli, "--version"], capture_output=True, text=True, timeout=120)
+    assert version.returncode == 0 and "llama-cython" in version.stdout, version
+    info_out = subprocess.run([*cli, "info", args.model, "--json"], capture_output=True,
+                              text=True, timeout=300)
+    assert info_out.returncode == 0, info_out.stderr
+    report["cli_info_architecture"] = json.loads(info_out.stdout).get("architecture")
     report["seconds"] = round(time.perf_counter() - t0, 2)
     print(json.dumps(report))
     return 0
