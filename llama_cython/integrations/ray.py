@@ -136,12 +136,27 @@ class _BatchFunction:
                 f"column={self.column!r}, output_column={self.output_column!r})")
 
 
+class _ContextFunction(_BatchFunction):
+    """A callable that runs on contexts of the model (embedding, generation)."""
+
+    def _use_contexts(self, options: dict[str, Any], n_threads: int | None) -> None:
+        self._options = options
+        self._n_threads = _common.thread_count(n_threads)
+        with self.context():    # make one now: fail at actor start rather than at the first batch
+            pass
+
+    def context(self) -> AbstractContextManager[Context]:
+        """Lend a context of this process's pool for a ``with`` block (see
+        ``llama_cython.integrations._common.context``)."""
+        return _common.context(self._spec, self._options, self._n_threads)
+
+
 def _rebuild(cls: type[_BatchFunction], init: dict[str, Any]) -> _BatchFunction:
     init = dict(init)
     return cls(init.pop("model"), **init)
 
 
-class Embedder(_BatchFunction):
+class Embedder(_ContextFunction):
     """``map_batches`` callable: adds an embeddings column for the texts in ``column``.
 
     The new column is a ``FixedSizeList<float32>`` (pyarrow batches), an ``(N, D)`` float32
@@ -164,17 +179,9 @@ class Embedder(_BatchFunction):
             "model": model, "column": column, "output_column": output_column, "normalize": normalize,
             "truncate": truncate, "batch_tokens": batch_tokens, "nulls": nulls,
             "context_options": context_options, "n_threads": n_threads, "load_options": load_options})
-        self._options = options
-        self._n_threads = _common.thread_count(n_threads)
+        self._use_contexts(options, n_threads)
         self._call: dict[str, Any] = {"normalize": normalize, "truncate": truncate,
                                       "batch_tokens": batch_tokens, "nulls": nulls}
-        with self.context():    # make one now: fail at actor start rather than at the first batch
-            pass
-
-    def context(self) -> AbstractContextManager[Context]:
-        """Lend a context of this process's pool for a ``with`` block (see
-        ``llama_cython.integrations._common.context``)."""
-        return _common.context(self._spec, self._options, self._n_threads)
 
     def __call__(self, batch: Batch) -> Batch:
         kind = _kind(batch)
@@ -230,7 +237,7 @@ class TokenCounter(_BatchFunction):
         return _with_column(batch, kind, self.output_column, values)
 
 
-class Generator(_BatchFunction):
+class Generator(_ContextFunction):
     """``map_batches`` callable: adds a column with the generated text for each prompt.
 
     Each batch is one ``Context.generate_batch(prompts, max_tokens=..., stop=..., **sampling)``
@@ -252,16 +259,8 @@ class Generator(_BatchFunction):
             "n_parallel": n_parallel, "max_tokens": max_tokens, "stop": stop,
             "context_options": context_options, "n_threads": n_threads,
             "load_options": load_options, **sampling})
-        self._options = options
-        self._n_threads = _common.thread_count(n_threads)
+        self._use_contexts(options, n_threads)
         self._call: dict[str, Any] = {"max_tokens": max_tokens, "stop": stop, **sampling}
-        with self.context():    # make one now: fail at actor start rather than at the first batch
-            pass
-
-    def context(self) -> AbstractContextManager[Context]:
-        """Lend a context of this process's pool for a ``with`` block (see
-        ``llama_cython.integrations._common.context``)."""
-        return _common.context(self._spec, self._options, self._n_threads)
 
     def __call__(self, batch: Batch) -> Batch:
         kind = _kind(batch)
