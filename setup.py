@@ -107,7 +107,36 @@ class build_ext(_build_ext):
                 extra_postargs=list(COMPILE_ARGS),
                 depends=sorted(str(p) for p in (ROOT / "llama_cython").glob("*.h")),
             )
+            self._core_objects += self._compile_json_schema()
         super().build_extensions()
+
+    def _compile_json_schema(self) -> list[str]:
+        """llama.cpp's JSON-schema-to-GBNF converter (the one its server uses), with the few
+        files of its ``common`` folder it needs, and our glue (``_json_schema.cpp``).
+
+        The converter prints a warning when it replaces a pattern by "any string"; a forced
+        include (``_jsg_hook.h``) routes that print to the glue, which refuses the schema.
+        """
+        src = Path(self._llama.source_dir)
+        common = src / "common"
+        includes = [str(p) for p in self._llama.include_dirs] + [
+            str(common), str(src / "vendor"), str(src / "include"), str(src / "ggml" / "include"),
+            str(ROOT / "llama_cython")]
+        hook = ["-include", str(ROOT / "llama_cython" / "_jsg_hook.h")]
+        objects: list[str] = []
+        for files, extra in (
+            ([common / "json-schema-to-grammar.cpp"], hook),
+            ([common / f for f in ("json.cpp", "json-schema.cpp", "unicode.cpp", "trie.cpp")], []),
+            ([ROOT / "llama_cython" / "_json_schema.cpp"], []),
+        ):
+            objects += self.compiler.compile(
+                [os.path.relpath(f) if f.is_relative_to(ROOT) else str(f) for f in files],
+                output_dir=os.path.join(self.build_temp, "json_schema"),
+                include_dirs=includes,
+                extra_postargs=[*COMPILE_ARGS, *extra],
+                depends=[str(ROOT / "llama_cython" / n) for n in ("_jsg_hook.h", "_json_schema.h")],
+            )
+        return objects
 
     def build_extension(self, ext: Extension) -> None:
         if ext.name.startswith(VARIANTS_PACKAGE + "."):

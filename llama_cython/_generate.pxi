@@ -21,6 +21,7 @@ _SAMPLING_DEFAULTS = {
     "temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "typical_p": 1.0,
     "repetition_penalty": 1.0, "repeat_last_n": 64, "presence_penalty": 0.0,
     "frequency_penalty": 0.0, "ignore_eos": False, "seed": None,
+    "grammar": None, "json_schema": None, "logprobs": None,
 }
 
 
@@ -209,6 +210,12 @@ cdef class GenerationStream:
     cdef object _interrupt       # the exception a signal handler raised during a step (Ctrl-C)
     cdef _Speculator spec        # speculative decoding (generate_with_draft); None otherwise
     cdef int32_t n_decodes       # decodes after the prompt's
+    cdef int32_t n_vocab
+    cdef object _grammar         # the Grammar constraining this generation, or None
+    cdef ll.llama_sampler * gsmpl  # the grammar's sampler (a clone, owned), or NULL
+    cdef vector[ll.llama_token_data] cand
+    cdef _LogprobRecord lp       # logprobs=k; None otherwise
+    cdef bint want_lp
 
     def __init__(self, *args, **kwargs):
         raise TypeError("GenerationStream cannot be created directly; use ctx.generate_stream()")
@@ -218,6 +225,9 @@ cdef class GenerationStream:
         if self.g.smpl != NULL:
             ll.llama_sampler_free(self.g.smpl)
             self.g.smpl = NULL
+        if self.gsmpl != NULL:
+            ll.llama_sampler_free(self.gsmpl)
+            self.gsmpl = NULL
         if self.spec is not None:
             self.spec.release()
         if not self.released and self.ctx is not None:
@@ -268,12 +278,23 @@ cdef class GenerationStream:
         if self.spec is not None and self.spec.lev:
             tok = self.spec.sample_target(g.ctx, -1)
         else:
-            tok = ll.llama_sampler_sample(g.smpl, g.ctx, -1)
+            tok = self._sample(-1)
         if not self._emit(tok):
             return 0
         self.pending = tok
         self.has_pending = True
         return 1
+
+    cdef ll.llama_token _sample(self, int32_t idx) except -2 nogil:
+        """Sample the next token from the logits at ``idx``: -1 when a grammar allows none."""
+        cdef const float * row
+        if self.want_lp:
+            row = ll.llama_get_logits_ith(self.g.ctx, idx)
+            if row != NULL:
+                self.lp.prepare(row, self.n_vocab)
+        if self.gsmpl != NULL:
+            return _sample_checked(self.g.smpl, self.gsmpl, self.g.ctx, idx, self.n_vocab, &self.cand)
+        return ll.llama_sampler_sample(self.g.smpl, self.g.ctx, idx)
 
     cdef int _emit(self, ll.llama_token tok) except -1 nogil:
         """Record a sampled token: its text, stop strings, limits. 0 when it ends generation
@@ -284,6 +305,8 @@ cdef class GenerationStream:
             g.finish = FINISH_STOP
             return 0
         self.out_tokens.push_back(tok)
+        if self.want_lp:
+            self.lp.record(tok)
         g.n_generated += 1
         before = self.text.size()
         _append_piece(g.vocab, tok, &self.text, False)   # a failed piece adds no text
@@ -345,7 +368,7 @@ cdef class GenerationStream:
             if self.spec.lev:
                 tok = self.spec.verify(g.ctx, i, &kept)
             else:
-                tok = ll.llama_sampler_sample(g.smpl, g.ctx, i)
+                tok = self._sample(i)
                 kept = i < k and tok == self.spec.out[i]
             if not self._emit(tok):
                 going = False
@@ -518,6 +541,9 @@ cdef class GenerationStream:
         if g.smpl != NULL:
             ll.llama_sampler_free(g.smpl)
             g.smpl = NULL
+        if self.gsmpl != NULL:
+            ll.llama_sampler_free(self.gsmpl)
+            self.gsmpl = NULL
         ids = np.empty(self.out_tokens.size(), dtype=np.int32)
         cdef int32_t[::1] view
         if self.out_tokens.size():
@@ -534,6 +560,7 @@ cdef class GenerationStream:
             decodes=self.n_decodes,
             draft_tokens=self.spec.drafted if self.spec is not None else 0,
             accepted_tokens=self.spec.accepted if self.spec is not None else 0,
+            logprobs=self.lp.result(&self.out_tokens) if self.want_lp else None,
         )
         if self.spec is not None:
             self.spec.release()
@@ -638,6 +665,23 @@ cdef list _stop_list(object stop):
     return out
 
 
+cdef object _grammar_option(object grammar, object json_schema):
+    """``grammar=`` / ``json_schema=`` as one Grammar, or None."""
+    if grammar is None and json_schema is None:
+        return None
+    from llama_cython.grammar import Grammar
+    if grammar is not None and json_schema is not None:
+        raise OptionError("pass grammar= or json_schema=, not both")
+    if json_schema is not None:
+        return Grammar.from_json_schema(json_schema)
+    if grammar is None or isinstance(grammar, Grammar):
+        return grammar
+    if isinstance(grammar, str):
+        return Grammar(grammar)
+    raise TypeError(f"grammar must be a str (GBNF) or a llama_cython.Grammar, "
+                    f"got {type(grammar).__name__}")
+
+
 cdef dict _sampling_kwargs(dict given):
     """The defaults updated with ``given``; an unknown keyword is a TypeError, as for a def."""
     for key in given:
@@ -662,8 +706,15 @@ cdef GenerationStream _start_generation(Context self, object prompt, bint add_sp
         raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
     _check_int(max_tokens, "max_tokens", 1, INT32_MAX)
     cdef list stops = _stop_list(stop)
-    cdef _SamplingParams sp = _sampling_params(_sampling_kwargs(sampling))
+    cdef dict kw = _sampling_kwargs(sampling)
+    grammar = _grammar_option(kw.pop("grammar"), kw.pop("json_schema"))
+    cdef int32_t n_logprobs = _check_logprobs(kw.pop("logprobs"), self.model._n_vocab)
+    if draft is not None and (grammar is not None or n_logprobs >= 0):
+        raise OptionError("grammar=, json_schema= and logprobs= are not supported with "
+                          "speculative decoding; use generate()")
+    cdef _SamplingParams sp = _sampling_params(kw)
     cdef GenerationStream s = GenerationStream.__new__(GenerationStream)
+    cdef _CompiledGrammar cg = None
     cdef int32_t[::1] toks
     cdef int32_t n_prompt, n_ctx, n, n_ubatch
     cdef size_t i, n_common
@@ -739,6 +790,15 @@ cdef GenerationStream _start_generation(Context self, object prompt, bint add_sp
         # llama.cpp would allocate the window as asked on every call (2**31-1: 8 GiB).
         if sp.repeat_last_n < 0 or sp.repeat_last_n > n_ctx:
             sp.repeat_last_n = n_ctx
+        s.n_vocab = self.model._n_vocab
+        if grammar is not None:
+            cg = _compiled_grammar(self.model, grammar)
+            s._grammar = grammar
+            s.gsmpl = ll.llama_sampler_clone(cg.smpl)
+        if n_logprobs >= 0:
+            s.lp = _LogprobRecord.__new__(_LogprobRecord)
+            s.lp.k = n_logprobs
+            s.want_lp = True
         s.g.smpl = _build_sampler(&sp, self.model._vocab, self.model._n_vocab)
         if s.spec is not None:
             s.spec.setup_sampling(&sp, self.model._vocab)

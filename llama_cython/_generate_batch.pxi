@@ -10,6 +10,7 @@
 cdef struct _BatchSlot:
     int32_t prompt          # index of the prompt this slot holds; -1: free
     ll.llama_sampler * smpl
+    ll.llama_sampler * gsmpl  # its grammar (grammar=/json_schema=), or NULL
     int32_t n_past          # this sequence's tokens in the KV cache
     int32_t n_fed           # prompt tokens placed in batches so far
     ll.llama_token pending  # sampled, to be decoded in the next batch
@@ -71,6 +72,9 @@ cdef class _BatchJob:
     cdef bint share_exact            # only whole n_ubatch blocks of them (prefix_caching="exact")
     cdef int32_t n_ubatch
     cdef int32_t n_swa               # the model's sliding window (0: none)
+    cdef _CompiledGrammar grammar    # grammar=/json_schema=: cloned into every prompt's chain
+    cdef const ll.llama_sampler * grammar_tpl
+    cdef vector[ll.llama_token_data] cand
 
     def __dealloc__(self):
         self.free_samplers()
@@ -81,6 +85,9 @@ cdef class _BatchJob:
             if self.slots[s].smpl != NULL:
                 ll.llama_sampler_free(self.slots[s].smpl)
                 self.slots[s].smpl = NULL
+            if self.slots[s].gsmpl != NULL:
+                ll.llama_sampler_free(self.slots[s].gsmpl)
+                self.slots[s].gsmpl = NULL
 
     cdef int _end(self, size_t s, int why) except -1 nogil:
         """Prompt of slot ``s`` is done: record why, free its cells and its sampler."""
@@ -93,6 +100,9 @@ cdef class _BatchJob:
         if slot.smpl != NULL:
             ll.llama_sampler_free(slot.smpl)
             slot.smpl = NULL
+        if slot.gsmpl != NULL:
+            ll.llama_sampler_free(slot.gsmpl)
+            slot.gsmpl = NULL
         slot.prompt = -1
         slot.has_pending = False
         slot.wait_for = -1
@@ -113,6 +123,8 @@ cdef class _BatchJob:
             ll.llama_memory_seq_rm(self.mem, <ll.llama_seq_id>s, -1, -1)
             slot.smpl = _chain_from(&self.sp, &self.ban, self.n_vocab,
                                     _derived_seed(self.seed, <uint32_t>self.next_prompt))
+            if self.grammar_tpl != NULL:
+                slot.gsmpl = ll.llama_sampler_clone(self.grammar_tpl)
             slot.prompt = <int32_t>self.next_prompt
             self.t_admit[slot.prompt] = ll.llama_time_us()
             self.next_prompt += 1
@@ -245,11 +257,16 @@ cdef class _BatchJob:
         """After a decode: sample slot ``s``'s next token and decide whether its prompt ends."""
         cdef _BatchSlot * slot = &self.slots[s]
         cdef int32_t i = slot.prompt
-        cdef ll.llama_token tok = ll.llama_sampler_sample(slot.smpl, self.ctx, slot.out_idx)
+        cdef ll.llama_token tok
         cdef size_t before, cut
+        if slot.gsmpl != NULL:            # -1: the grammar allows nothing more
+            tok = _sample_checked(slot.smpl, slot.gsmpl, self.ctx, slot.out_idx, self.n_vocab,
+                                  &self.cand)
+        else:
+            tok = ll.llama_sampler_sample(slot.smpl, self.ctx, slot.out_idx)
         if self.t_first[i] == 0:
             self.t_first[i] = ll.llama_time_us()
-        if ll.llama_vocab_is_eog(self.vocab, tok):
+        if tok < 0 or ll.llama_vocab_is_eog(self.vocab, tok):
             return self._end(s, FINISH_STOP)
         self.n_generated[i] += 1
         self.touched.push_back(i)
@@ -524,6 +541,9 @@ cdef BatchGenerationStream _start_batch(Context self, object prompts, object max
     _check_int(max_tokens, "max_tokens", 1, INT32_MAX)
     cdef list stops = _stop_list(stop)
     kw = _sampling_kwargs(sampling)
+    grammar = _grammar_option(kw.pop("grammar"), kw.pop("json_schema"))
+    if _check_logprobs(kw.pop("logprobs"), self.model._n_vocab) >= 0:
+        raise OptionError("logprobs= is not supported by batched generation yet; use generate()")
     sp = _sampling_params(kw)
     if kw["seed"] is None:
         sp.seed = <uint32_t>(int.from_bytes(os.urandom(4), "little") % 0xFFFFFFFE)
@@ -579,6 +599,9 @@ cdef BatchGenerationStream _start_batch(Context self, object prompts, object max
         job.sp = sp
         job.seed = sp.seed
         job.n_vocab = self.model._n_vocab
+        if grammar is not None:
+            job.grammar = _compiled_grammar(self.model, grammar)
+            job.grammar_tpl = job.grammar.smpl
         job.n_batch = ll.llama_n_batch(self._ctx)
         job.max_tokens = max_tokens
         job.texts.resize(n)
@@ -592,6 +615,7 @@ cdef BatchGenerationStream _start_batch(Context self, object prompts, object max
         for s in range(job.slots.size()):
             job.slots[s].prompt = -1
             job.slots[s].smpl = NULL
+            job.slots[s].gsmpl = NULL
             job.slots[s].wait_for = -1
         job.reused.resize(n, 0)
         job.share_prefix = self.prefix_caching != "off" and job.slots.size() > 1

@@ -172,6 +172,7 @@ cdef class Model:
     cdef dict _options           # load_model's options, as pickle carries them
     cdef str _abspath            # the file, absolute
     cdef tuple _identity         # (size, sha256 of a sample of its bytes) when loaded
+    cdef dict _grammars          # (text, root) -> _CompiledGrammar, most recently used last
     cdef object __weakref__
 
     def __cinit__(self):
@@ -194,6 +195,7 @@ cdef class Model:
         self._vocab_arrays = None
 
     cdef void _free(self) noexcept:
+        self._grammars = None    # compiled grammars point into the vocabulary
         if self._spaces_guarded:
             self._spaces_guarded = False
             ll.unguard_spaces(self._vocab)

@@ -27,6 +27,7 @@ __all__ = [
     "ContextError",
     "ContextSizeError",
     "DecodeError",
+    "GrammarError",
     "JobResumeError",
     "LlamaError",
     "ModelChecksumError",
@@ -34,6 +35,8 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "OptionError",
+    "SchemaError",
+    "StateError",
     "TemplateError",
     "TokenizeError",
 ]
@@ -85,6 +88,33 @@ class TokenizeError(LlamaError, ValueError):
 
 class OptionError(LlamaError, ValueError):
     """An option has a value llama.cpp does not accept (checked before any C call)."""
+
+
+class GrammarError(OptionError):
+    """A GBNF grammar that cannot be used: a syntax error (``line`` and ``column`` say where,
+    1-based), an undefined or left-recursive rule, a language that is empty, or a grammar too
+    deep or too large to compile safely."""
+
+    def __init__(self, message: str, line: int | None = None, column: int | None = None) -> None:
+        where = f"line {line}, column {column}: " if line is not None and column is not None else ""
+        super().__init__(where + message)
+        self.message = message
+        self.line = line
+        self.column = column
+
+    def __reduce__(self) -> tuple[type[GrammarError], tuple[str, int | None, int | None]]:
+        return (type(self), (self.message, self.line, self.column))
+
+
+class SchemaError(OptionError):
+    """A JSON schema that cannot become a grammar: a keyword the converter does not support
+    (named, with its JSON-pointer path), a ``$ref`` that does not resolve, a cycle of
+    references that no object or array breaks, a pattern no grammar can express."""
+
+
+class StateError(LlamaError, ValueError):
+    """A saved context state that cannot be loaded: not a state file, truncated or corrupt,
+    or saved from another model or with context options this context does not have."""
 
 
 class JobResumeError(LlamaError, ValueError):

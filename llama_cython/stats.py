@@ -3,11 +3,55 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["BatchStats", "ChatResponse", "ChatUsage", "EmbeddingStats", "GenerationStats"]
+__all__ = [
+    "BatchStats",
+    "ChatResponse",
+    "ChatUsage",
+    "EmbeddingStats",
+    "GenerationStats",
+    "PerplexityResult",
+    "TokenLogprobs",
+]
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """Log-probabilities of generated tokens (``logprobs=k`` on a generation call).
+
+    One row per generated token: ``tokens`` (T,) the ids, ``logprobs`` (T,) the natural log of
+    each one's probability under the model's distribution at that step (log-softmax of the raw
+    logits over the whole vocabulary: before temperature, penalties or a grammar), and the k
+    most likely tokens at each step, most likely first: ``top_tokens`` (T, k) int32 and
+    ``top_logprobs`` (T, k) float32.
+    """
+
+    tokens: npt.NDArray[np.int32] = field(repr=False)
+    logprobs: npt.NDArray[np.float32] = field(repr=False)
+    top_tokens: npt.NDArray[np.int32] = field(repr=False)
+    top_logprobs: npt.NDArray[np.float32] = field(repr=False)
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def k(self) -> int:
+        """How many alternatives each step lists."""
+        return int(self.top_tokens.shape[1])
+
+    def total(self) -> float:
+        """The log-probability of the whole generated sequence (sum over tokens)."""
+        return float(np.sum(self.logprobs, dtype=np.float64))
+
+    def perplexity(self) -> float:
+        """exp of the mean negative log-probability (nan for no tokens)."""
+        if not len(self):
+            return float("nan")
+        return float(np.exp(-np.mean(self.logprobs, dtype=np.float64)))
 
 
 @dataclass(frozen=True)
@@ -22,6 +66,9 @@ class GenerationStats:
     ``decodes`` counts the model's decode calls after the prompt's: one per token in plain
     generation, fewer with speculative decoding (:meth:`Context.generate_with_draft`), where
     ``draft_tokens`` tokens were proposed and ``accepted_tokens`` of them kept.
+
+    ``logprobs`` holds the :class:`TokenLogprobs` of the generated tokens when the call asked
+    for them (``logprobs=k``), else ``None``.
     """
 
     prompt_tokens: int
@@ -34,6 +81,7 @@ class GenerationStats:
     decodes: int = 0
     draft_tokens: int = 0
     accepted_tokens: int = 0
+    logprobs: TokenLogprobs | None = field(default=None, repr=False)
 
     @property
     def acceptance_rate(self) -> float:
@@ -76,12 +124,23 @@ class ChatUsage:
 
 @dataclass(frozen=True)
 class ChatResponse:
-    """The answer of :meth:`Context.chat`: the assistant's text, why it ended, token counts."""
+    """The answer of :meth:`Context.chat`: the assistant's text, why it ended, token counts.
+
+    With ``json_schema=`` (or a ``grammar=`` made by :meth:`Grammar.from_json_schema`),
+    ``parsed`` holds the content read back as JSON (an instance of the pydantic model or
+    dataclass given as the schema); otherwise it is ``None``.
+    """
 
     content: str
     finish_reason: str
     usage: ChatUsage
     stats: GenerationStats = field(repr=False)
+    parsed: Any = field(default=None, repr=False)
+
+    @property
+    def logprobs(self) -> TokenLogprobs | None:
+        """The generated tokens' log-probabilities, when the call asked for them."""
+        return self.stats.logprobs
 
 
 @dataclass(frozen=True)
@@ -134,3 +193,27 @@ class BatchStats:
     def tokens_per_second(self) -> float:
         """Generated tokens per second over the whole call, prompt processing included."""
         return self.total_completion_tokens * 1000.0 / self.ms if self.ms > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    """The perplexity of a long text by llama.cpp's ``llama-perplexity`` method
+    (:meth:`Context.perplexity`).
+
+    The text's tokens are cut into ``n_chunks`` chunks of ``n_ctx`` tokens (the rest is
+    dropped), each decoded from an empty cache with its first token replaced by BOS where the
+    model adds one; in each chunk only the tokens of its second half are scored, so that every
+    scored token has at least ``n_ctx / 2`` tokens of context. ``perplexity`` is
+    exp(mean negative log-probability) over all scored tokens and ``uncertainty`` its standard
+    error, as the tool prints them (``PPL = x +/- y``); ``chunk_perplexity[i]`` is the
+    running value after chunk ``i`` (the tool's ``[i+1]x`` line); ``logprobs`` holds every
+    scored token's log-probability, chunk after chunk.
+    """
+
+    perplexity: float
+    uncertainty: float
+    n_ctx: int
+    n_chunks: int
+    n_tokens: int
+    chunk_perplexity: npt.NDArray[np.float64] = field(repr=False)
+    logprobs: npt.NDArray[np.float32] = field(repr=False)

@@ -33,6 +33,7 @@ def _known_sources(source_dir: Path) -> dict[str, Path]:
         "c-embed-loop": ROOT / "benchmarks" / "native" / "embed_loop.cpp",
         "c-tokenize-loop": ROOT / "benchmarks" / "native" / "tokenize_loop.cpp",
         "c-batch-loop": ROOT / "benchmarks" / "native" / "batch_loop.cpp",
+        "c-score-loop": ROOT / "benchmarks" / "native" / "score_loop.cpp",
     }
 
 

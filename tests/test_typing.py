@@ -21,7 +21,9 @@ def test_mypy_strict() -> None:
         "llama_cython/token_batch.py", "llama_cython/jobs", "llama_cython/cli", "llama_cython/__main__.py",
         "llama_cython/integrations",
         "llama_cython/encoding.py", "llama_cython/vocab.py", "llama_cython/_loader.py",
+        "llama_cython/grammar_check.py",
         "llama_cython/_optional.py", "llama_cython/system.py", "llama_cython/_cpuid.pyi",
+        "llama_cython/json_schema.py",
         "tests/typing/usage.py",
     ]
     cmd = [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", *files]

@@ -6,7 +6,7 @@
 # sampler can throw from a grammar, llama_process/llama_batch_ext_add_* can throw bad_alloc.
 # The extension is compiled as C++ so that these become Python exceptions instead of
 # std::terminate.
-from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libcpp cimport bool as cppbool
 from llama_cython.includes.ggml cimport ggml_type, ggml_log_callback, ggml_abort_callback
 
@@ -292,6 +292,12 @@ cdef extern from "llama.h" nogil:
     void llama_sampler_apply(llama_sampler * smpl, llama_token_data_array * cur_p) except +raise_cpp_error
     void llama_sampler_accept(llama_sampler * smpl, llama_token token) except +raise_cpp_error
     void llama_sampler_reset(llama_sampler * smpl)
+    llama_sampler * llama_sampler_clone(const llama_sampler * smpl) except +raise_cpp_error
+    llama_sampler * llama_sampler_init_grammar(const llama_vocab * vocab, const char * grammar_str,
+                                               const char * grammar_root) except +raise_cpp_error
+    size_t llama_state_get_size(llama_context * ctx) except +raise_cpp_error
+    size_t llama_state_get_data(llama_context * ctx, uint8_t * dst, size_t size) except +raise_cpp_error
+    size_t llama_state_set_data(llama_context * ctx, const uint8_t * src, size_t size) except +raise_cpp_error
     void llama_sampler_free(llama_sampler * smpl)
 
 
