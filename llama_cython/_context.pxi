@@ -56,7 +56,7 @@ cdef class Context:
     cdef Context _create(Model model, object n_ctx, object n_batch, object n_ubatch,
                          object n_threads, object n_threads_batch, object kv_cache_type,
                          object flash_attn, object embeddings, object pooling,
-                         object n_parallel, object prefix_caching):
+                         object n_parallel, object prefix_caching, object kv_unified=None):
         cdef int32_t n_ctx_train = ll.llama_model_n_ctx_train(model._model)
         if model.vocab_only:
             raise ContextError("the model was loaded with vocab_only=True; it has no weights to run")
@@ -121,7 +121,9 @@ cdef class Context:
         if n_parallel > min(eff_ctx, n_batch):
             raise OptionError(f"n_parallel={n_parallel} must not exceed n_batch ({n_batch}) "
                               f"or n_ctx ({eff_ctx})")
-        unified = embeddings and n_parallel > 1
+        if kv_unified is not None and not isinstance(kv_unified, bool):
+            raise TypeError(f"kv_unified must be a bool or None, got {type(kv_unified).__name__}")
+        unified = (embeddings if kv_unified is None else kv_unified) and n_parallel > 1
         if n_parallel > 1 and not unified:
             # Each sequence gets its own share of the cache: n_ctx // n_parallel tokens, which
             # llama.cpp rounds UP to a multiple of 256 (n_ctx=512 with n_parallel=256 would
@@ -908,12 +910,12 @@ cdef class Context:
         log-likelihood evaluations.
 
         Many texts share one decode, each as its own sequence: create the context with
-        ``n_parallel`` > 1 (e.g. 16; each sequence then holds ``n_ctx // n_parallel`` tokens)
-        to score short texts quickly. A text longer than that is a ``ContextSizeError``; use
-        :meth:`perplexity` for long documents. The loop runs without the GIL; the KV cache is
-        left empty.
+        ``n_parallel`` > 1 and ``kv_unified=True`` (one cache shared by the sequences, as
+        llama.cpp's tools score) to score short texts quickly. A text longer than a sequence
+        may hold (``ctx.n_ctx_seq``) is a ``ContextSizeError``; use :meth:`perplexity` for long
+        documents. The loop runs without the GIL; the KV cache is left empty.
 
-        >>> ctx = model.new_context(n_ctx=4096, n_parallel=16)          # doctest: +SKIP
+        >>> ctx = model.new_context(n_ctx=2048, n_parallel=32, kv_unified=True)  # doctest: +SKIP
         >>> ctx.score(["The cat sat on the mat.", "Mat the on sat cat the."]).sum()  # doctest: +SKIP
         array([-21.9, -48.3])
         """
@@ -935,7 +937,7 @@ cdef class Context:
         """
         return _score_continuations(self, prompt, candidates, add_special)
 
-    def perplexity(self, text, *, n_ctx=None, progress=None):
+    def perplexity(self, text, *, n_ctx=None, stride=None, progress=None):
         """Perplexity of a long text by llama.cpp's ``llama-perplexity`` method.
 
         The text is tokenized once (with BOS where the model adds one) and cut into chunks of
@@ -947,9 +949,16 @@ cdef class Context:
         chunk and every scored log-probability. Chunks share decodes as sequences when the
         context has ``n_parallel`` > 1.
 
+        With ``stride``, windows of ``n_ctx`` tokens start every ``stride`` tokens and each
+        scores its last ``stride`` tokens (the first window all of them): each token up to the
+        end of the last whole window is scored once, with at least ``n_ctx - stride`` tokens
+        of context after the first window (the sliding-window evaluation of Hugging Face's
+        guide). llama.cpp's ``--ppl-stride`` differs in details (its window is the padded
+        context size) and is not reproduced.
+
         >>> ctx.perplexity(open("wiki.test.raw").read(), n_ctx=512).perplexity  # doctest: +SKIP
         """
-        return _perplexity(self, text, n_ctx, progress)
+        return _perplexity(self, text, n_ctx, stride, progress)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -994,6 +1003,7 @@ cdef class Context:
         was. The last logits are not part of a state: generation after loading decodes at
         least the prompt's last token again.
         """
+        self._check_open()
         if isinstance(source, (bytes, bytearray, memoryview)):
             data = source
         elif isinstance(source, (str, os.PathLike)):

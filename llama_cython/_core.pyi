@@ -205,6 +205,7 @@ class Model:
         pooling: _Pooling = None,
         n_parallel: int | None = None,
         prefix_caching: bool | Literal["exact", "any", "off"] = True,
+        kv_unified: bool | None = None,
     ) -> Context: ...
 
 @final
@@ -404,7 +405,8 @@ class Context:
         self, prompt: str, candidates: Sequence[str], *, add_special: bool = True,
     ) -> TokenScores: ...
     def perplexity(
-        self, text: str, *, n_ctx: int | None = None, progress: Callable[[int], object] | bool | None = None,
+        self, text: str, *, n_ctx: int | None = None, stride: int | None = None,
+        progress: Callable[[int], object] | bool | None = None,
     ) -> PerplexityResult: ...
     @overload
     def save_state(self, path: None = None) -> bytes: ...

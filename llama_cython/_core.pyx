@@ -53,7 +53,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport PyObject, Py_DECREF
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.math cimport INFINITY, NAN, exp, fmax, isfinite, log, sqrt
+from libc.math cimport INFINITY, NAN, exp, expf, fmax, isfinite, log, sqrt
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t, uintptr_t, INT32_MAX, INT32_MIN
 from libc.string cimport memcmp, memcpy, memset, strcmp
 from libcpp cimport bool as cppbool

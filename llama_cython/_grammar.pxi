@@ -94,9 +94,9 @@ cdef _CompiledGrammar _compiled_grammar(Model model, object grammar):
     return cg
 
 
-cdef inline void _fill_candidates(const float * logits, int32_t n_vocab,
-                                  vector[ll.llama_token_data] * cand,
-                                  ll.llama_token_data_array * arr) noexcept nogil:
+cdef int _fill_candidates(const float * logits, int32_t n_vocab,
+                          vector[ll.llama_token_data] * cand,
+                          ll.llama_token_data_array * arr) except -1 nogil:
     cdef int32_t t
     cand.resize(n_vocab)
     for t in range(n_vocab):
@@ -107,6 +107,7 @@ cdef inline void _fill_candidates(const float * logits, int32_t n_vocab,
     arr.size = n_vocab
     arr.selected = -1
     arr.sorted = False
+    return 0
 
 
 cdef inline bint _selected_ok(const ll.llama_token_data_array * arr) noexcept nogil:

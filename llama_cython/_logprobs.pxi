@@ -2,8 +2,8 @@
 # vocabulary (the model's own distribution: before temperature, penalties or a grammar) and the
 # k most likely tokens. Used by generation (logprobs=k) and by scoring.
 #
-# As llama.cpp's perplexity tool computes it: the maximum in float, the sum of exp(l - max) in
-# double, log p(t) = l[t] - max - log(sum).
+# As llama.cpp's perplexity tool computes it: the maximum in float, each exp(l - max) in float
+# (expf), their sum in double, log p(t) = l[t] - max - log(sum) in double.
 
 cdef int32_t _MAX_TOP_LOGPROBS = 100
 
@@ -17,7 +17,7 @@ cdef inline double _log_norm(const float * logits, int32_t n) noexcept nogil:
         if logits[i] > mx:
             mx = logits[i]
     for i in range(n):
-        total += exp(<double>(logits[i] - mx))
+        total += expf(logits[i] - mx)
     return <double>mx + log(total)
 
 

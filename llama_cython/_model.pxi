@@ -581,7 +581,8 @@ cdef class Model:
 
     def new_context(self, *, n_ctx=None, n_batch=512, n_ubatch=None, n_threads=None,
                     n_threads_batch=None, kv_cache_type="f16", flash_attn="auto",
-                    embeddings=False, pooling=None, n_parallel=None, prefix_caching=True):
+                    embeddings=False, pooling=None, n_parallel=None, prefix_caching=True,
+                    kv_unified=None):
         """Create a :class:`Context` (a KV cache and the state of one conversation).
 
         Every option is checked here and read back from llama.cpp afterwards: the context's
@@ -619,13 +620,21 @@ cdef class Model:
             prefix, answers included; llama.cpp's rounding depends on batch shapes (flash
             attention most), so greedy output may differ from a fresh context's at near ties.
             ``"off"`` (or False): decode every prompt in full.
+        kv_unified : bool, optional
+            With ``n_parallel`` > 1: one KV cache of ``n_ctx`` cells shared by all sequences
+            (True), or ``n_ctx // n_parallel`` cells for each (False). Default: shared for
+            ``embeddings=True`` contexts, split otherwise (batched generation gives every
+            sequence room of its own). Shared suits :meth:`Context.score` of many short texts:
+            llama.cpp then decodes a packed batch in one pass, as its own tools do; batched
+            generation on a shared cache fails with a ``DecodeError`` once the sequences
+            together outgrow it.
         """
         cdef Context ctx
         self._acquire()
         try:
             ctx = Context._create(self, n_ctx, n_batch, n_ubatch, n_threads, n_threads_batch,
                                   kv_cache_type, flash_attn, embeddings, pooling, n_parallel,
-                                  prefix_caching)
+                                  prefix_caching, kv_unified)
         finally:
             self._release()
         # What a pickled context is created with again (checked values, as given).
@@ -633,5 +642,5 @@ cdef class Model:
                      "n_threads": n_threads, "n_threads_batch": n_threads_batch,
                      "kv_cache_type": kv_cache_type, "flash_attn": flash_attn,
                      "embeddings": embeddings, "pooling": pooling, "n_parallel": n_parallel,
-                     "prefix_caching": prefix_caching}
+                     "prefix_caching": prefix_caching, "kv_unified": kv_unified}
         return ctx

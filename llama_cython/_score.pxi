@@ -40,6 +40,11 @@ cdef class _ScoreRun:
     cdef int64_t n_decodes
     cdef int64_t n_tokens                # tokens decoded
     cdef int32_t rc
+    # Shared prefix (score_continuations): tokens 0..prefix-1 of every item are in sequence 0
+    # already, decoded once; each item's own tokens go into another sequence that starts as a
+    # copy of it. prefix_row: the logits at position prefix-1 (they predict token prefix).
+    cdef int32_t prefix
+    cdef vector[float] prefix_row
 
     cdef int _add(self, ll.llama_seq_id seq, Py_ssize_t item, int32_t frm, int32_t to) except -1 nogil:
         """Tokens frm..to-1 of ``item`` into the batch as sequence ``seq``; -2 when refused."""
@@ -70,6 +75,9 @@ cdef class _ScoreRun:
             a = self.first[item]
         if b > self.lens[item] - 1:
             b = self.lens[item] - 1
+        if self.prefix and frm == self.prefix and self.first[item] <= self.prefix - 1:
+            dst[self.prefix - 1] = <float>(self.prefix_row[t[self.prefix]]
+                                           - _log_norm(self.prefix_row.data(), self.n_vocab))
         for j in range(a, b):
             logits = ll.llama_get_logits_ith(self.ctx, row + (j - frm))
             if logits == NULL:
@@ -84,26 +92,36 @@ cdef class _ScoreRun:
         self.n_decodes += 1
         return 0
 
+    cdef int _fork(self, ll.llama_seq_id seq) except -1 nogil:
+        """Sequence ``seq`` becomes a copy of the shared prefix (sequence 0)."""
+        ll.llama_memory_seq_rm(self.mem, seq, -1, -1)
+        ll.llama_memory_seq_cp(self.mem, 0, seq, -1, -1)
+        return 0
+
     cdef int step(self) except -1 nogil:
         """Score the next pack of items (or one long item). 1: more to do, 0: done,
         2: cancelled, -2: a decode failed (rc)."""
         cdef Py_ssize_t i = self.pos, n = <Py_ssize_t>self.lens.size(), k
-        cdef int32_t used = 0, frm, to
+        cdef int32_t used = 0, frm, to, own
+        cdef int32_t base = 1 if self.prefix else 0     # sequence 0 holds the shared prefix
         cdef int status
         if i >= n:
             return 0
         if self.abort[0] or native_stopping():
             return 2
-        ll.llama_memory_clear(self.mem, True)
-        if self.lens[i] > self.budget:
-            frm = 0
+        if not self.prefix:
+            ll.llama_memory_clear(self.mem, True)
+        if self.lens[i] - self.prefix > self.budget:
+            frm = self.prefix
+            if self.prefix:
+                self._fork(1)
             while frm < self.lens[i]:
-                if frm and (self.abort[0] or native_stopping()):
+                if frm > self.prefix and (self.abort[0] or native_stopping()):
                     return 2
                 to = min(frm + self.budget, self.lens[i])
                 ll.llama_batch_ext_clear(self.batch)
                 self.row0.clear()
-                if self._add(0, i, frm, to):
+                if self._add(base, i, frm, to):
                     return -2
                 status = self._decode()
                 if status:
@@ -115,20 +133,57 @@ cdef class _ScoreRun:
         ll.llama_batch_ext_clear(self.batch)
         self.row0.clear()
         self.packed.clear()
-        while (i < n and <int32_t>self.packed.size() < self.n_seq
-               and used + self.lens[i] <= self.budget):
-            if self._add(<ll.llama_seq_id>self.packed.size(), i, 0, self.lens[i]):
+        while i < n and <int32_t>self.packed.size() + base < self.n_seq:
+            own = self.lens[i] - self.prefix
+            if used + own > self.budget:
+                break
+            if self.prefix:
+                self._fork(base + <int32_t>self.packed.size())
+            if self._add(base + <ll.llama_seq_id>self.packed.size(), i, self.prefix, self.lens[i]):
                 return -2
             self.packed.push_back(i)
-            used += self.lens[i]
+            used += own
             i += 1
         status = self._decode()
         if status:
             return status
         for k in range(<Py_ssize_t>self.packed.size()):
-            self._read(self.packed[k], 0, self.lens[self.packed[k]], self.row0[k])
+            self._read(self.packed[k], self.prefix, self.lens[self.packed[k]], self.row0[k])
         self.pos = i
         return 1 if i < n else 0
+
+    cdef int decode_prefix(self, const ll.llama_token * toks, int32_t n) except -1 nogil:
+        """Decode the shared prefix (n tokens) into sequence 0, keep the logits of its last
+        position. 0, 2 (cancelled) or -2 (failed)."""
+        cdef int32_t frm = 0, to, j, idx = -1
+        cdef int status
+        cdef ll.llama_pos p
+        cdef const float * row
+        ll.llama_memory_clear(self.mem, True)
+        while frm < n:
+            to = min(frm + self.budget, n)
+            ll.llama_batch_ext_clear(self.batch)
+            for j in range(frm, to):
+                idx = ll.llama_batch_ext_add_token(self.batch, 0, toks[j])
+                if idx < 0:
+                    self.rc = -1
+                    return -2
+                p = j
+                ll.llama_batch_ext_set_pos(self.batch, idx, &p)
+                if j == n - 1:
+                    ll.llama_batch_ext_set_output_logits(self.batch, idx, True)
+            status = self._decode()
+            if status:
+                return status
+            self.n_tokens += to - frm
+            frm = to
+        row = ll.llama_get_logits_ith(self.ctx, idx)
+        if row == NULL:
+            self.rc = -1
+            return -2
+        self.prefix_row.assign(row, row + self.n_vocab)
+        self.prefix = n
+        return 0
 
 
 cdef int _score_budget(Context ctx) except -1:
@@ -308,9 +363,11 @@ cdef object _score_continuations(Context self, object prompt, object candidates,
         if not isinstance(c, str):
             raise TypeError(f"candidates[{k}] must be a str, got {type(c).__name__}")
     cdef Py_ssize_t n = len(cands), i, j, m
-    cdef int32_t n_ctx_seq
+    cdef int32_t n_ctx_seq, shared = INT32_MAX, n_items = 0
     cdef _ScoreRun run
     cdef int32_t[::1] wv
+    cdef int32_t[::1] pv
+    cdef int status = 0
     self._enter()
     try:
         _check_scoring_context(self)
@@ -337,7 +394,25 @@ cdef object _score_continuations(Context self, object prompt, object candidates,
             firsts.append(first)
             wv = w if w.shape[0] else np.zeros(1, dtype=np.int32)
             _add_item(run, &wv[0], <int32_t>w.shape[0], <int32_t>first)
-        if n:
+            if w.shape[0] - 1 > first:
+                n_items += 1
+                shared = min(shared, <int32_t>j)
+        # The prompt tokens every candidate starts with are decoded once, in sequence 0, and
+        # copied into each candidate's sequence (a context with n_parallel >= 2).
+        if n_items >= 2 and shared >= 2 and run.n_seq >= 2:
+            pv = p_ids
+            mark = _log_mark()
+            with nogil:
+                status = run.decode_prefix(&pv[0], shared)
+            if status:
+                with nogil:
+                    ll.llama_memory_clear(run.mem, True)
+                self._kv.clear()
+                self._kv_exact = 0
+                self._logits_ok = False
+                raise _decode_error(run.rc if status == -2 else 2, "score_continuations",
+                                    ll.llama_n_ctx(self._ctx), mark)
+        if n_items:
             _run_scoring(self, run, None, "score_continuations")
         values = _float_array(&run.out)
         offsets = np.zeros(n + 1, dtype=np.int64)
@@ -355,7 +430,7 @@ cdef object _score_continuations(Context self, object prompt, object candidates,
     return TokenScores(values, tokens, offsets)
 
 
-cdef object _perplexity(Context self, object text, object n_ctx, object progress):
+cdef object _perplexity(Context self, object text, object n_ctx, object stride, object progress):
     _check_scoring_context(self)
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
@@ -363,7 +438,9 @@ cdef object _perplexity(Context self, object text, object n_ctx, object progress
     if n_ctx is None:
         n_ctx = n_ctx_seq
     _check_int(n_ctx, "n_ctx", 2, n_ctx_seq)
-    cdef int32_t chunk = n_ctx, first = chunk // 2, c, n_chunks
+    if stride is not None:
+        _check_int(stride, "stride", 1, n_ctx - 1)
+    cdef int32_t chunk = n_ctx, first = chunk // 2, c, n_chunks, step
     cdef int32_t[::1] tv
     cdef _ScoreRun run
     cdef bint add_bos
@@ -376,23 +453,39 @@ cdef object _perplexity(Context self, object text, object n_ctx, object progress
         progress, bar = _progress_callable(progress, None, "chunk")
         _check_scoring_context(self)
         toks = _tokenize(self.model, _text_bytes(text, "text"), True, False)
-        if toks.shape[0] < 2 * chunk:
-            raise ContextSizeError(
-                f"text is {toks.shape[0]} tokens; perplexity with n_ctx={chunk} needs at "
-                f"least {2 * chunk} (two chunks)")
-        n_chunks = <int32_t>(toks.shape[0] // chunk)
+        if stride is None:
+            # llama-perplexity: disjoint chunks, the second half of each scored
+            step = chunk
+            if toks.shape[0] < 2 * chunk:
+                raise ContextSizeError(
+                    f"text is {toks.shape[0]} tokens; perplexity with n_ctx={chunk} needs at "
+                    f"least {2 * chunk} (two chunks)")
+            n_chunks = <int32_t>(toks.shape[0] // chunk)
+        else:
+            # sliding windows: one every `stride` tokens, each scoring its last `stride`
+            # tokens (the first window all of its tokens after the first)
+            step = stride
+            if toks.shape[0] < chunk:
+                raise ContextSizeError(
+                    f"text is {toks.shape[0]} tokens; perplexity with n_ctx={chunk} needs at "
+                    f"least {chunk} (one window)")
+            n_chunks = <int32_t>((toks.shape[0] - chunk) // stride + 1)
         if bar is not None:
             bar.total = n_chunks
         tv = toks
         add_bos = ll.llama_vocab_get_add_bos(self.model._vocab)
         bos = ll.llama_vocab_bos(self.model._vocab)
         run = _new_score_run(self)
+        per_chunk = []
         for c in range(n_chunks):
-            piece.assign(&tv[c * chunk], &tv[c * chunk] + chunk)
+            piece.assign(&tv[c * step], &tv[c * step] + chunk)
             if add_bos:
                 piece[0] = bos
+            if stride is not None:
+                first = 0 if c == 0 else chunk - 1 - step
             _add_item(run, piece.data(), chunk, first)
-        _run_scoring(self, run, progress, "perplexity")
+            per_chunk.append(chunk - 1 - first)
+        _run_scoring(self, run, progress, "perplexity", n_chunks)
         logprobs = _float_array(&run.out)
     finally:
         self._leave()
@@ -400,9 +493,9 @@ cdef object _perplexity(Context self, object text, object n_ctx, object progress
             bar.close()
         _drain_log()
     nll = -logprobs.astype(np.float64)
-    per_chunk = chunk - 1 - first
-    running = np.exp(np.cumsum(nll.reshape(n_chunks, per_chunk).sum(axis=1))
-                     / (per_chunk * np.arange(1, n_chunks + 1)))
+    counts = np.array(per_chunk, dtype=np.int64)
+    bounds = np.concatenate(([0], np.cumsum(counts)))
+    running = np.exp(np.cumsum(np.add.reduceat(nll, bounds[:-1])) / bounds[1:])
     count = nll.shape[0]
     mean = float(nll.mean())
     var = float((nll * nll).mean()) - mean * mean
@@ -411,4 +504,3 @@ cdef object _perplexity(Context self, object text, object n_ctx, object progress
     from llama_cython.stats import PerplexityResult
     return PerplexityResult(perplexity=ppl, uncertainty=err, n_ctx=chunk, n_chunks=n_chunks,
                             n_tokens=count, chunk_perplexity=running, logprobs=logprobs)
-

@@ -143,6 +143,11 @@ CONTEXT_CALLS = {
     "chat_batch": lambda c: c.chat_batch([_HI], max_tokens=2),
     "generate_with_draft": lambda c: c.generate_with_draft("Hi", "prompt", max_tokens=2),
     "generate_with_draft_stream": lambda c: c.generate_with_draft_stream("Hi", "prompt", max_tokens=2),
+    "score": lambda c: c.score(["Hi there"]),
+    "score_continuations": lambda c: c.score_continuations("Hi", [" there"]),
+    "perplexity": lambda c: c.perplexity("Hi " * 300, n_ctx=64),
+    "save_state": lambda c: c.save_state(),
+    "load_state": lambda c: c.load_state(b"not a state"),
 }
 MODEL_READABLE_AFTER_CLOSE = {"closed", "close", "path", "vocab_only", "load_options"}
 MODEL_CALLS = {

@@ -39,7 +39,7 @@ def _log_softmax(row: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def scorer(smol):
-    ctx = smol.new_context(n_ctx=4096, n_parallel=16)
+    ctx = smol.new_context(n_ctx=2048, n_parallel=16, kv_unified=True)
     yield ctx
     ctx.close()
 
@@ -65,6 +65,8 @@ def test_score_matches_logits_step_by_step(smol, scorer):
     texts = ["The cat sat on the mat.", "Paris is the capital of France."]
     s = scorer.score(texts)
     assert isinstance(s, TokenScores) and len(s) == 2
+    texts = texts[1:]               # the packed second text: the one another text could disturb
+    s = TokenScores(s.values[s.offsets[1]:], s.tokens[s.offsets[1]:], s.offsets[1:] - s.offsets[1])
     for i, text in enumerate(texts):
         ref = _one_by_one(smol, text)
         assert s[i].shape == ref.shape
@@ -88,15 +90,22 @@ def test_score_ragged_shapes_and_reductions(smol, scorer):
 
 
 def test_score_packing_does_not_change_results(smol, scorer):
-    """One text per decode (n_parallel=1) and 16 per decode give the same values."""
+    """One text per decode (n_parallel=1), 16 per decode on a shared cache and 16 on split
+    caches give the same values, up to batch-shape rounding."""
     single = smol.new_context(n_ctx=512)
     try:
         a = single.score(SENTENCES)
     finally:
         single.close()
     b = scorer.score(SENTENCES)
-    np.testing.assert_array_equal(a.offsets, b.offsets)
-    np.testing.assert_allclose(a.values, b.values, atol=2e-3)
+    split = smol.new_context(n_ctx=4096, n_parallel=16)
+    try:
+        c = split.score(SENTENCES)
+    finally:
+        split.close()
+    for other in (b, c):
+        np.testing.assert_array_equal(a.offsets, other.offsets)
+        np.testing.assert_allclose(a.values, other.values, atol=2e-3)
 
 
 def test_score_inputs_and_errors(smol, scorer):
@@ -108,7 +117,7 @@ def test_score_inputs_and_errors(smol, scorer):
     with pytest.raises(TypeError):
         scorer.score("one string")
     with pytest.raises(llama.ContextSizeError):
-        scorer.score(["word " * 400])               # longer than a sequence (256)
+        scorer.score(["word " * 3000])              # longer than the context (2048)
     with pytest.raises(TypeError):
         scorer.score(SENTENCES, progress=3)
     seen = []
@@ -127,16 +136,16 @@ def test_score_inputs_and_errors(smol, scorer):
 def test_score_long_text_in_pieces(smol):
     """A text longer than the decode budget is decoded in pieces of one sequence: the same
     values, bit for bit, as one decode with the same physical batch (n_ubatch)."""
-    text = " ".join(SENTENCES * 6)
-    big = smol.new_context(n_ctx=512, n_batch=64, n_ubatch=64)
-    small = smol.new_context(n_ctx=512, n_batch=512, n_ubatch=64)
+    text = " ".join(SENTENCES * 2)
+    big = smol.new_context(n_ctx=512, n_batch=32, n_ubatch=32)
+    small = smol.new_context(n_ctx=512, n_batch=512, n_ubatch=32)
     try:
         a = big.score([text])
         b = small.score([text])
     finally:
         big.close()
         small.close()
-    assert a.lengths[0] > 64
+    assert a.lengths[0] > 64          # three pieces at least
     np.testing.assert_array_equal(a.values, b.values)
 
 
@@ -150,6 +159,25 @@ def test_score_continuations_ranks(smol, scorer):
     np.testing.assert_allclose(s[0], whole[0][-n:], atol=2e-3)
     with pytest.raises(TypeError):
         scorer.score_continuations("x", " y")
+
+
+def test_score_continuations_shares_the_prompt(smol, scorer):
+    """With n_parallel >= 2 the prompt is decoded once and copied to each candidate's sequence
+    (more candidates than sequences: several packs); the values are those of scoring each
+    prompt + candidate on its own (one sequence, n_parallel=1), up to batch-shape rounding."""
+    prompt = "Question: which of these is a fruit, an animal or a colour? The word is"
+    candidates = [f" {w}" for w in ("apple", "horse", "blue", "banana", "tiger", "green", "pear",
+                                    "cat", "red", "plum", "dog", "yellow", "kiwi", "owl", "pink",
+                                    "fig", "bee", "grey", "lime", "elk")] + [" a very long answer " * 3]
+    shared = scorer.score_continuations(prompt, candidates)
+    single = smol.new_context(n_ctx=512)
+    try:
+        alone = single.score_continuations(prompt, candidates)
+    finally:
+        single.close()
+    np.testing.assert_array_equal(shared.offsets, alone.offsets)
+    np.testing.assert_array_equal(shared.tokens, alone.tokens)
+    np.testing.assert_allclose(shared.values, alone.values, atol=2e-3)
 
 
 def test_logprobs_agree_with_get_logits(smol):
@@ -258,3 +286,17 @@ def test_perplexity_errors(smol, scorer):
         scorer.perplexity("x " * 1000, n_ctx=10**6)
     with pytest.raises(TypeError):
         scorer.perplexity(["x"])
+
+
+def test_perplexity_stride(smol, scorer):
+    text = " ".join(SENTENCES * 8)
+    n = len(smol.tokenize(text))
+    r = scorer.perplexity(text, n_ctx=64, stride=16)
+    assert r.n_chunks == (n - 64) // 16 + 1
+    assert r.n_tokens == 63 + (r.n_chunks - 1) * 16 == r.logprobs.shape[0]
+    assert np.isfinite(r.perplexity) and r.chunk_perplexity[-1] == pytest.approx(r.perplexity)
+    # the first window scores what score() gives for its tokens
+    first = scorer.score([smol.detokenize(smol.tokenize(text)[:64])])
+    np.testing.assert_allclose(r.logprobs[:63], first.values[:63], atol=2e-3)
+    with pytest.raises(llama.OptionError):
+        scorer.perplexity(text, n_ctx=64, stride=64)
