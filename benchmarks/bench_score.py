@@ -22,11 +22,12 @@ the log-probability of every token given the tokens before it, with SmolLM2-135M
   is how its ``logits_all`` path scores a text. It runs in a worker subprocess of
   ``build/peers-venv`` (``benchmarks/setup_peers.py``; this file with ``_worker``), the values
   handed back in a file.
-* ours: ``model.new_context(n_ctx=256 * P, n_parallel=P, n_batch=B, n_ubatch=B, n_threads=T,
-  flash_attn=--fa).score(texts)`` in this process (see ``measure_ours``). Written against a
-  context whose KV cache has one stream per sequence (kv_unified off for n_parallel > 1 outside
-  embeddings): llama.cpp then cuts a packed batch into ubatches of equal-length pieces of each
-  sequence (``split_equal``), not the C loop's one ubatch, which the value check below shows.
+* ours: ``model.new_context(n_ctx=B, n_parallel=P, kv_unified=True, n_batch=B, n_ubatch=B,
+  n_threads=T, flash_attn=--fa).score(texts)`` in this process (see ``measure_ours``): one KV
+  cache shared by the sequences, as the C loop's, so that llama.cpp decodes a packed batch as
+  one ubatch. (With a cache split per sequence, kv_unified=False, it cuts a packed batch into
+  ubatches of equal-length pieces of each sequence, ``split_equal``: other batch shapes,
+  other rounding.)
 
 Defaults B = 512, P = 32, T = 2. Each side scores the first 8 texts to warm up, then times
 ``--repeats`` whole-corpus calls (tokenization and log-softmax included) and keeps the median;
@@ -281,7 +282,8 @@ def measure_lcp(model: Path, texts_file: Path, n_texts: int, args: argparse.Name
 
 
 def new_scoring_context(model_obj: Any, args: argparse.Namespace, flash_attn: str) -> Any:
-    return model_obj.new_context(n_ctx=256 * args.n_parallel, n_parallel=args.n_parallel,
+    # one KV cache shared by the sequences, as the C loop's: a packed batch is one ubatch
+    return model_obj.new_context(n_ctx=args.n_batch, n_parallel=args.n_parallel, kv_unified=True,
                                  n_batch=args.n_batch, n_ubatch=args.n_batch, n_threads=args.threads,
                                  flash_attn=flash_attn)
 
