@@ -31,7 +31,9 @@ This file is the table of contents; each part is one ``.pxi`` with one responsib
 C++ headers beside them, for what must run without the GIL or catch C++ exceptions:
 ``_errors.h`` (C++ exceptions to Python errors), ``_log.h`` (the log buffer), ``_native.h``
 (counting long native calls, stopped at exit), ``_tokenize.h`` (tokenization on a stack big
-enough for std::regex), ``_progress.h`` and ``_token_batch.h`` (threaded tokenizing).
+enough for std::regex), ``_progress.h`` and ``_token_batch.h`` (threaded tokenizing),
+``_logsoftmax.h`` (log-softmax rows of a scoring decode on several threads), ``_json_schema.h``
+(llama.cpp's JSON-schema converter, compiled with ``_json_schema.cpp``).
 
 Layers. Below the core: llama.cpp and ggml (``includes/*.pxd`` declare their headers), and
 pure-Python modules the core builds its results from, which never import it at import time:

@@ -11,6 +11,11 @@
 # first..n-2 predict tokens first+1..n-1. score() uses first = 0; perplexity() uses chunks of
 # n_ctx tokens scored from the middle, as llama.cpp's perplexity tool does.
 
+cdef extern from "_logsoftmax.h" namespace "llama_cython" nogil:
+    void log_norm_rows(float ** rows, int64_t n_rows, int32_t n_vocab, double * out,
+                       int threads) except +
+
+
 # The logits of one decode are n_outputs x n_vocab floats that llama.cpp keeps: a batch of 512
 # outputs of a 262k vocabulary would take 512 MiB. The budget is cut to keep this under 256 MiB.
 cdef int64_t _SCORE_LOGITS_BYTES = 256 * 1024 * 1024
@@ -45,6 +50,13 @@ cdef class _ScoreRun:
     # copy of it. prefix_row: the logits at position prefix-1 (they predict token prefix).
     cdef int32_t prefix
     cdef vector[float] prefix_row
+    # The rows of the current decode to reduce (_want), reduced together on `threads` threads
+    # (_flush): where each value goes and the token it is taken at.
+    cdef vector[float *] rows
+    cdef vector[float *] dsts
+    cdef vector[ll.llama_token] at_tok
+    cdef vector[double] norms
+    cdef int threads
 
     cdef int _add(self, ll.llama_seq_id seq, Py_ssize_t item, int32_t frm, int32_t to) except -1 nogil:
         """Tokens frm..to-1 of ``item`` into the batch as sequence ``seq``; -2 when refused."""
@@ -65,10 +77,10 @@ cdef class _ScoreRun:
         self.n_tokens += to - frm
         return 0
 
-    cdef void _read(self, Py_ssize_t item, int32_t frm, int32_t to, int32_t row) noexcept nogil:
-        """Log-probabilities predicted at positions frm..to-1 of ``item`` (batch rows from ``row``)."""
+    cdef int _read(self, Py_ssize_t item, int32_t frm, int32_t to, int32_t row) except -1 nogil:
+        """Queue the log-probabilities predicted at positions frm..to-1 of ``item`` (batch rows
+        from ``row``); _flush computes them."""
         cdef int32_t j, a = frm, b = to
-        cdef const float * logits
         cdef const ll.llama_token * t = self.toks.data() + self.starts[item]
         cdef float * dst = self.out.data() + self.out_off[item] - self.first[item]
         if a < self.first[item]:
@@ -76,14 +88,30 @@ cdef class _ScoreRun:
         if b > self.lens[item] - 1:
             b = self.lens[item] - 1
         if self.prefix and frm == self.prefix and self.first[item] <= self.prefix - 1:
-            dst[self.prefix - 1] = <float>(self.prefix_row[t[self.prefix]]
-                                           - _log_norm(self.prefix_row.data(), self.n_vocab))
+            self.rows.push_back(self.prefix_row.data())
+            self.dsts.push_back(dst + self.prefix - 1)
+            self.at_tok.push_back(t[self.prefix])
         for j in range(a, b):
-            logits = ll.llama_get_logits_ith(self.ctx, row + (j - frm))
-            if logits == NULL:
-                dst[j] = NAN
-            else:
-                dst[j] = <float>(logits[t[j + 1]] - _log_norm(logits, self.n_vocab))
+            self.rows.push_back(<float *>ll.llama_get_logits_ith(self.ctx, row + (j - frm)))
+            self.dsts.push_back(dst + j)
+            self.at_tok.push_back(t[j + 1])
+        return 0
+
+    cdef int _flush(self) except -1 nogil:
+        """Reduce the queued rows (several threads) and write their values."""
+        cdef size_t k, n = self.rows.size()
+        if n:
+            self.norms.resize(n)
+            log_norm_rows(self.rows.data(), <int64_t>n, self.n_vocab, self.norms.data(), self.threads)
+            for k in range(n):
+                if self.rows[k] == NULL:
+                    self.dsts[k][0] = NAN
+                else:
+                    self.dsts[k][0] = <float>(self.rows[k][self.at_tok[k]] - self.norms[k])
+        self.rows.clear()
+        self.dsts.clear()
+        self.at_tok.clear()
+        return 0
 
     cdef int _decode(self) except -1 nogil:
         self.rc = ll.llama_process(self.ctx, ll.LLAMA_PROCESS_TYPE_DECODE, self.batch)
@@ -127,6 +155,7 @@ cdef class _ScoreRun:
                 if status:
                     return status
                 self._read(i, frm, to, self.row0[0])
+                self._flush()
                 frm = to
             self.pos = i + 1
             return 1 if self.pos < n else 0
@@ -149,6 +178,7 @@ cdef class _ScoreRun:
             return status
         for k in range(<Py_ssize_t>self.packed.size()):
             self._read(self.packed[k], self.prefix, self.lens[self.packed[k]], self.row0[k])
+        self._flush()
         self.pos = i
         return 1 if i < n else 0
 
@@ -203,6 +233,7 @@ cdef _ScoreRun _new_score_run(Context ctx):
     run.n_vocab = ctx.model._n_vocab
     run.budget = _score_budget(ctx)
     run.n_seq = <int32_t>ll.llama_n_seq_max(ctx._ctx)
+    run.threads = max(1, ll.llama_n_threads_batch(ctx._ctx))
     if ll.llama_model_n_swa(ctx.model._model) > 0:
         # As for embeddings (see _embed_into): sliding-window layers see other sequences of
         # the same decode on this llama.cpp, so one sequence per decode.
