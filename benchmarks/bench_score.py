@@ -312,7 +312,7 @@ def measure_ours(ctx: Any, texts: list[str], args: argparse.Namespace) -> Result
     scored = to_scored(s)
     # every corpus text is non-empty, so each has a first token that is decoded but not scored
     n_tokens = int(scored.values.shape[0]) + sum(1 for t in texts if t)
-    return Result("llama_cython", f"n_ctx={256 * args.n_parallel} n_parallel={args.n_parallel} "
+    return Result("llama_cython", f"n_ctx={args.n_batch} n_parallel={args.n_parallel} kv_unified "
                   f"n_batch=n_ubatch={args.n_batch} threads={args.threads} fa={ctx.flash_attn}",
                   len(texts), n_tokens, runs, load.share, scored.save(WORK / "ours.npz"),
                   info={"flash_attn": ctx.flash_attn,
