@@ -374,6 +374,15 @@ cdef class Context:
         return ll.llama_n_seq_max(self._ctx)
 
     @property
+    def kv_unified(self):
+        """True when the parallel sequences share one KV cache (``kv_unified=True``, the default
+        of an embedding context with ``n_parallel`` > 1): read back from llama.cpp, where each
+        sequence may then use the whole cache (``n_ctx_seq == n_ctx``). False with one sequence."""
+        self._check_open()
+        return (ll.llama_n_seq_max(self._ctx) > 1
+                and ll.llama_n_ctx_seq(self._ctx) == ll.llama_n_ctx(self._ctx))
+
+    @property
     def embeddings(self):
         """True when the context computes embeddings (llama.cpp allocated an embedding buffer)."""
         self._check_open()
@@ -930,6 +939,10 @@ cdef class Context:
         candidate is tokenized as part of ``prompt + candidate``, so that a token spanning the
         boundary is scored as the model would see it; the tokens the prompt and a candidate
         share at the start are context, the rest is scored.
+
+        The shared prompt is decoded once only on a context with ``n_parallel`` >= 2 (it is
+        copied to each candidate's sequence); with one sequence each prompt + candidate is
+        scored whole, which gives the same values more slowly.
 
         >>> s = ctx.score_continuations("The capital of France is", [" Paris", " Rome"])  # doctest: +SKIP
         >>> int(s.sum().argmax())                                                        # doctest: +SKIP

@@ -8,17 +8,13 @@
 cdef int32_t _MAX_TOP_LOGPROBS = 100
 
 
-cdef inline double _log_norm(const float * logits, int32_t n) noexcept nogil:
-    """max + log(sum(exp(l - max))): subtract it from a logit to get its log-probability."""
-    cdef float mx = logits[0]
-    cdef double total = 0.0
-    cdef int32_t i
-    for i in range(1, n):
-        if logits[i] > mx:
-            mx = logits[i]
-    for i in range(n):
-        total += expf(logits[i] - mx)
-    return <double>mx + log(total)
+# log_norm_row(l, n) = max + log(sum(exp(l - max))): subtract it from a logit to get its
+# log-probability. One C++ definition serves generation (a row per step, here) and scoring
+# (the rows of a decode on several threads, _score.pxi).
+cdef extern from "_logsoftmax.h" namespace "llama_cython" nogil:
+    double log_norm_row(const float * x, int32_t n) noexcept
+    void log_norm_rows(float ** rows, int64_t n_rows, int32_t n_vocab, double * out,
+                       int threads) except +
 
 
 cdef int _top_k(const float * logits, int32_t n, int32_t k, int32_t * ids, float * vals) noexcept nogil:
@@ -70,7 +66,7 @@ cdef class _LogprobRecord:
     cdef int prepare(self, const float * logits, int32_t n_vocab) except -1 nogil:
         """Before sampling from ``logits``: normalise, find the top k."""
         self.row = logits
-        self.norm = _log_norm(logits, n_vocab)
+        self.norm = log_norm_row(logits, n_vocab)
         if self.k > 0:
             self.tmp_ids.resize(self.k)
             self.tmp_vals.resize(self.k)

@@ -11,10 +11,7 @@
 # first..n-2 predict tokens first+1..n-1. score() uses first = 0; perplexity() uses chunks of
 # n_ctx tokens scored from the middle, as llama.cpp's perplexity tool does.
 
-cdef extern from "_logsoftmax.h" namespace "llama_cython" nogil:
-    void log_norm_rows(float ** rows, int64_t n_rows, int32_t n_vocab, double * out,
-                       int threads) except +
-
+# log_norm_rows (_logsoftmax.h) is declared in _logprobs.pxi.
 
 # The logits of one decode are n_outputs x n_vocab floats that llama.cpp keeps: a batch of 512
 # outputs of a 262k vocabulary would take 512 MiB. The budget is cut to keep this under 256 MiB.

@@ -294,6 +294,24 @@ def test_n_parallel_splits_the_context(smol, n_parallel, n_ctx):
         assert n_parallel == 1 or ctx.n_ctx <= n_ctx
 
 
+@pytest.mark.parametrize(("kv_unified", "embeddings", "n_parallel", "unified"), [
+    (True, False, 4, True), (False, False, 4, False), (None, False, 4, False),
+    (None, True, 4, True), (False, True, 4, False), (True, False, 1, False)])
+def test_kv_unified_is_read_back(smol, kv_unified, embeddings, n_parallel, unified):
+    """A shared cache lets each sequence use the whole of it (llama.cpp's n_ctx_seq == n_ctx);
+    split, each sequence gets its share. Embedding contexts share by default."""
+    with _new(smol, n_ctx=1024, n_parallel=n_parallel, kv_unified=kv_unified,
+              embeddings=embeddings) as ctx:
+        assert ctx.kv_unified is unified
+        assert ctx.n_ctx == 1024
+        assert ctx.n_ctx_seq == (1024 if unified or n_parallel == 1 else 1024 // n_parallel)
+
+
+def test_kv_unified_must_be_a_bool(smol):
+    with pytest.raises(TypeError, match="kv_unified"):
+        _new(smol, n_parallel=2, kv_unified="yes")
+
+
 @pytest.mark.parametrize(("n_parallel", "n_ctx"), [(3, 512), (256, 512), (2, 300)])
 def test_n_parallel_needs_256_tokens_per_sequence(smol, n_parallel, n_ctx):
     with pytest.raises(OptionError, match=f"at least {256 * n_parallel}"):

@@ -9,6 +9,7 @@ import threading
 
 import numpy as np
 import pytest
+from _stress import STRESS
 
 import llama_cython as llama
 
@@ -39,6 +40,13 @@ PROMPTS = [
     "<|im_start|>user\nGive me three tips for sleeping well.<|im_end|>\n<|im_start|>assistant\n",
 ]
 N_TOKENS = 32
+
+
+def _half(adaptive: bool) -> slice:
+    """The prompts one variant runs: with ``LLAMA_CYTHON_STRESS=1`` all of them; otherwise the even
+    ones for adaptive drafts and the odd ones for fixed, so that every prompt is still checked by
+    draft model and by prompt lookup, at half the suite's time."""
+    return slice(None) if STRESS else slice(0 if adaptive else 1, None, 2)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +85,7 @@ def test_the_pair_shares_a_vocabulary_and_the_draft_is_cheaper(f32, smol):
 @pytest.mark.parametrize("adaptive", [True, False])
 def test_greedy_with_a_draft_model_is_the_targets_greedy_output(target, draft, greedy, adaptive):
     drafted = accepted = 0
-    for p, (want, reason) in zip(PROMPTS, greedy):
+    for p, (want, reason) in zip(PROMPTS[_half(adaptive)], greedy[_half(adaptive)]):
         got = target.generate_with_draft(p, draft, max_tokens=N_TOKENS, temperature=0,
                                          adaptive=adaptive, n_draft=4 if not adaptive else 16)
         st = target.last_stats
@@ -96,7 +104,7 @@ def test_greedy_with_a_draft_model_is_the_targets_greedy_output(target, draft, g
 @pytest.mark.parametrize("adaptive", [True, False])
 def test_greedy_with_prompt_lookup_is_the_targets_greedy_output(target, greedy, adaptive):
     accepted = 0
-    for p, (want, reason) in zip(PROMPTS, greedy):
+    for p, (want, reason) in zip(PROMPTS[_half(adaptive)], greedy[_half(adaptive)]):
         got = target.generate_with_draft(p, "prompt", max_tokens=N_TOKENS, temperature=0,
                                          adaptive=adaptive)
         assert got == want, p
