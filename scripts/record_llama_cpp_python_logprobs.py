@@ -17,21 +17,23 @@ position's logits in float64 numpy: log p(token i | tokens < i) is
 ``logits[i-1, tok[i]] - logsumexp(logits[i-1])`` for i >= 1 (the first token has no value).
 
 Writes ``tests/data/llama_cpp_python_logprobs.json``: llama-cpp-python's version, the model
-file and its sha256, the options, and per text its token ids and the log-probabilities rounded
-to 6 decimals (one fewer than ids).
+file and its sha256, the options, and a record for this machine's CPU build of ggml (replacing
+an earlier one made under the same options, keeping the others: scripts/_reference_records.py)
+with per text its token ids and the log-probabilities rounded to 6 decimals.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import re
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+import _reference_records  # noqa: E402
+
 PEERS_PY = ROOT / "build" / "peers-venv" / "bin" / "python"
 TEXT_FILE = ROOT / "tests" / "data" / "perplexity_text.txt"
 OUT_FILE = ROOT / "tests" / "data" / "llama_cpp_python_logprobs.json"
@@ -60,11 +62,9 @@ def _in_peers_venv() -> bool:
     return True
 
 
-def record() -> dict:
+def record() -> tuple[dict, dict]:
     import llama_cpp
     import numpy as np
-
-    sys.path.insert(0, str(HERE))
     from fetch_models import load_models_module
 
     model_path = load_models_module().model_path(MODEL)
@@ -86,16 +86,17 @@ def record() -> dict:
                       "logprobs": [round(float(v), 6) for v in logprobs]})
         _say(f"{len(ids)} tokens, sum of log-probabilities {float(logprobs.sum()):.4f}")
     del llm
-    return {
+    header = {
         "about": "llama-cpp-python's log p(token i | tokens < i) of the first lines of "
-                 "tests/data/perplexity_text.txt; made by scripts/record_llama_cpp_python_logprobs.py",
+                 "tests/data/perplexity_text.txt, one record per CPU build of ggml "
+                 "(scripts/_reference_records.py); made by scripts/record_llama_cpp_python_logprobs.py",
         "llama_cpp_python": llama_cpp.__version__,
         "model": {"name": MODEL, "file": model_path.name, "sha256": _sha256(model_path)},
         "options": {k: v for k, v in OPTIONS.items() if k != "verbose"},
         "tokenize": {"add_bos": True, "special": False},
         "logsoftmax": "float64 numpy over the full vocabulary",
-        "texts": texts,
     }
+    return header, {"cpu_options": _reference_records.cpu_options(), "texts": texts}
 
 
 def main() -> int:
@@ -104,13 +105,9 @@ def main() -> int:
             _say(f"llama_cpp cannot be imported here and {PEERS_PY.relative_to(ROOT)} is not ready")
             return 1
         os.execv(str(PEERS_PY), [str(PEERS_PY), str(Path(__file__).resolve()), *sys.argv[1:]])
-    data = record()
-    # one key per line, but each list of numbers on one line
-    text = json.dumps(data, indent=1)
-    text = re.sub(r"\[\s*(-?\d[-0-9.eE,\s]*?)\s*\]",
-                  lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
-    OUT_FILE.write_text(text + "\n", encoding="utf-8")
-    _say(f"wrote {OUT_FILE.relative_to(ROOT)}")
+    header, rec = record()
+    n = _reference_records.merge(OUT_FILE, header, rec, ("texts",))
+    _say(f"wrote {OUT_FILE.relative_to(ROOT)} ({n} record(s))")
     return 0
 
 

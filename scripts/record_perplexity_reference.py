@@ -26,7 +26,10 @@ and ``-c 64 -b 128`` (2 per decode), 2 threads. The output's running perplexity 
 of the text come from ``llama-tokenize`` (the text with one trailing newline dropped, as
 ``llama-perplexity -f`` drops it; BOS added when the model asks for it, as there).
 
-Writes ``tests/data/perplexity_reference.json``.
+Writes its record into ``tests/data/perplexity_reference.json``, replacing the record made under
+the same CPU options and keeping the others (``scripts/_reference_records.py``: ggml's kernels,
+and so the last digits, differ between AVX2 and AVX-512 builds). ``--check`` compares with the
+record for this machine's options.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+import _reference_records  # noqa: E402
 
 TEXT_FILE = ROOT / "tests" / "data" / "perplexity_text.txt"
 OUT_FILE = ROOT / "tests" / "data" / "perplexity_reference.json"
@@ -53,6 +57,7 @@ SETTINGS = [{"n_ctx": 128, "n_batch": 512}, {"n_ctx": 64, "n_batch": 128}]
 THREADS = 2
 # --check: the tool prints 4 decimals; another machine's kernels may move the last ones
 CHECK_RTOL = 2e-3
+RECORD_KEYS = ("models",)
 
 _CHUNKS_RE = re.compile(
     r"calculating perplexity over (\d+) chunks, n_ctx=(\d+), batch_size=(\d+), n_seq=(\d+)")
@@ -84,13 +89,6 @@ def build_tools() -> dict[str, Path]:
         tools = {name: build_llama_cpp.build_tool(name) for name in ("llama-perplexity", "llama-tokenize")}
     _say(f"tools ready in {time.monotonic() - t0:.0f} s: {tools['llama-perplexity'].parent}")
     return tools
-
-
-def cpu_options() -> dict[str, str]:
-    import build_llama_cpp
-
-    _name, opts, _needs = build_llama_cpp.variant_plan(False)[-1]
-    return {k: v for k, v in sorted(opts.items()) if k.startswith("GGML_")}
 
 
 def tokenize(exe: Path, model: Path, text: str, add_bos: bool) -> list[int]:
@@ -141,7 +139,7 @@ def run_perplexity(exe: Path, model: Path, n_ctx: int, n_batch: int) -> dict[str
     }
 
 
-def record(tools: dict[str, Path]) -> dict[str, Any]:
+def record(tools: dict[str, Path]) -> tuple[dict[str, Any], dict[str, Any]]:
     sys.path.insert(0, str(HERE))
     from fetch_models import load_models_module
 
@@ -150,17 +148,17 @@ def record(tools: dict[str, Path]) -> dict[str, Any]:
     # llama-perplexity -f drops one trailing newline (common/arg.cpp); tokenize what it sees
     text = raw[:-1] if raw.endswith("\n") else raw
     pin = json.loads((HERE / "llama_cpp_pin.json").read_text(encoding="utf-8"))
-    out: dict[str, Any] = {
-        "about": "llama.cpp's llama-perplexity on tests/data/perplexity_text.txt; made by "
+    header: dict[str, Any] = {
+        "about": "llama.cpp's llama-perplexity on tests/data/perplexity_text.txt, one record per "
+                 "CPU build of ggml (scripts/_reference_records.py); made by "
                  "scripts/record_perplexity_reference.py",
         "llama_cpp_commit": pin["commit"],
         "tool": "llama-perplexity",
-        "cpu_options": cpu_options(),
         "text_file": str(TEXT_FILE.relative_to(ROOT)),
         "text_sha256": _sha256(TEXT_FILE),
         "text_trailing_newline_dropped": raw.endswith("\n"),
-        "models": {},
     }
+    out: dict[str, Any] = {"cpu_options": _reference_records.cpu_options(), "models": {}}
     for name in MODELS:
         path = models.model_path(name)
         with_bos = tokenize(tools["llama-tokenize"], path, text, add_bos=True)
@@ -184,7 +182,7 @@ def record(tools: dict[str, Path]) -> dict[str, Any]:
             _say(f"{name} -c {setting['n_ctx']} -b {setting['n_batch']}: {run['n_chunk']} chunks, "
                  f"PPL {run['ppl']} +/- {run['ppl_uncertainty']} ({took} s)")
         out["models"][name] = entry
-    return out
+    return header, out
 
 
 def compare(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -205,30 +203,25 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return problems
 
 
-def dump(data: dict[str, Any]) -> str:
-    """JSON with one key per line, but each list of numbers on a single line."""
-    text = json.dumps(data, indent=1)
-    flat = re.sub(r"\[\s*(-?\d[-0-9.eE,\s]*?)\s*\]",
-                  lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
-    return flat + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true",
                         help="run again and compare with the recorded file instead of writing it")
     args = parser.parse_args(argv)
     tools = build_tools()
-    new = record(tools)
+    header, new = record(tools)
     if args.check:
-        old = json.loads(OUT_FILE.read_text(encoding="utf-8"))
+        old = _reference_records.find(_reference_records.load(OUT_FILE, RECORD_KEYS), new["cpu_options"])
+        if old is None:
+            _say(f"no record for this CPU's options {new['cpu_options']}")
+            return 1
         problems = compare(old, new)
         for p in problems:
             _say(p)
         _say("matches the recorded values" if not problems else f"{len(problems)} difference(s)")
         return 1 if problems else 0
-    OUT_FILE.write_text(dump(new), encoding="utf-8")
-    _say(f"wrote {OUT_FILE.relative_to(ROOT)}")
+    n = _reference_records.merge(OUT_FILE, header, new, RECORD_KEYS)
+    _say(f"wrote {OUT_FILE.relative_to(ROOT)} ({n} record(s))")
     return 0
 
 

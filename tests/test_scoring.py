@@ -9,9 +9,9 @@ recorded by scripts/record_llama_cpp_python_logprobs.py).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+import _references
 import numpy as np
 import pytest
 
@@ -226,11 +226,12 @@ def test_logprobs_agree_with_get_logits(smol):
 
 def test_llama_cpp_python_logprobs_reference(smol):
     """llama-cpp-python's logits (Llama(logits_all=True), one text per evaluation, flash
-    attention off as its default), log-softmaxed in float64, recorded offline."""
-    path = DATA / "llama_cpp_python_logprobs.json"
-    if not path.exists():
-        pytest.skip("reference not recorded (scripts/record_llama_cpp_python_logprobs.py)")
-    ref = json.loads(path.read_text())
+    attention off as its default), log-softmaxed in float64, recorded offline: equal to 1e-3
+    where recorded under this extension's ggml options; on another CPU family (AVX2 against
+    AVX-512 moves single values by up to 0.3 nats, 0.06 on average) within 0.6 nats, 0.1 on
+    average."""
+    _header, ref, exact = _references.pick(DATA / "llama_cpp_python_logprobs.json",
+                                           "scripts/record_llama_cpp_python_logprobs.py")
     ctx = smol.new_context(n_ctx=512, n_batch=512, flash_attn="off")
     try:
         for item in ref["texts"]:
@@ -238,25 +239,28 @@ def test_llama_cpp_python_logprobs_reference(smol):
             np.testing.assert_array_equal(smol.tokenize(item["text"]), toks)
             s = ctx.score([item["text"]])
             np.testing.assert_array_equal(s.tokens, toks[1:])
-            np.testing.assert_allclose(s.values, np.array(item["logprobs"]), atol=1e-3)
+            want = np.array(item["logprobs"])
+            if exact:
+                np.testing.assert_allclose(s.values, want, atol=1e-3)
+            else:
+                np.testing.assert_allclose(s.values, want, atol=0.6)
+                assert np.abs(s.values - want).mean() < 0.1
     finally:
         ctx.close()
 
 
-def _perplexity_reference():
-    path = DATA / "perplexity_reference.json"
-    if not path.exists():
-        pytest.skip("reference not recorded (scripts/record_perplexity_reference.py)")
-    return json.loads(path.read_text())
-
-
 def test_perplexity_equals_llama_perplexity_tool(smol, gemma, smol_path, gemma_path):
     """llama-perplexity -f text -c N -b B, recorded; the same chunks, batched the same way
-    (n_seq = B / N chunks per decode as sequences of their own), the same flash attention."""
-    ref = _perplexity_reference()
+    (n_seq = B / N chunks per decode as sequences of their own), the same flash attention.
+    To the tool's 4 significant digits where recorded under this extension's ggml options; on
+    another CPU family (AVX2 against AVX-512 moves a chunk's perplexity by up to 1.9 %, the
+    estimate by 0.6 %) within 5 % per chunk and 2 % overall."""
+    header, ref, exact = _references.pick(DATA / "perplexity_reference.json",
+                                          "scripts/record_perplexity_reference.py")
     text = (DATA / "perplexity_text.txt").read_text(encoding="utf-8")
-    if ref.get("text_trailing_newline_dropped") and text.endswith("\n"):
+    if header.get("text_trailing_newline_dropped") and text.endswith("\n"):
         text = text[:-1]            # -f drops one trailing newline
+    rel, chunk_rel, unc_rel = (5e-4, 5e-4, 5e-3) if exact else (2e-2, 5e-2, 5e-2)
     models = {smol_path.name: smol, gemma_path.name: gemma}
     checked = 0
     for entry in ref["models"].values():
@@ -272,9 +276,9 @@ def test_perplexity_equals_llama_perplexity_tool(smol, gemma, smol_path, gemma_p
             finally:
                 ctx.close()
             assert r.n_chunks == run["n_chunk"] and r.n_tokens == run["n_scored"]
-            assert r.perplexity == pytest.approx(run["ppl"], rel=5e-4)     # 4 significant digits
-            np.testing.assert_allclose(r.chunk_perplexity, run["chunk_ppl"], rtol=5e-4)
-            assert r.uncertainty == pytest.approx(run["ppl_uncertainty"], rel=5e-3)
+            assert r.perplexity == pytest.approx(run["ppl"], rel=rel)
+            np.testing.assert_allclose(r.chunk_perplexity, run["chunk_ppl"], rtol=chunk_rel)
+            assert r.uncertainty == pytest.approx(run["ppl_uncertainty"], rel=unc_rel)
             checked += 1
     assert checked == 4
 
