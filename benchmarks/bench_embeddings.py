@@ -28,7 +28,11 @@ words) with all-MiniLM-L6-v2 on the CPU, 2 threads, one side at a time:
   ``--ort-batch`` (32), the results put back in input order. This is the engine under fastembed
   and optimum, the strongest CPU peer.
 * ours: ``llama_cython.load_model(path).new_context(embeddings=True, n_threads=2)
-  .get_embeddings_batch(texts)``, in this process (see ``measure_ours``).
+  .get_embeddings_batch(texts)``, in this process (see ``measure_ours``), at the defaults it
+  chooses (on all-MiniLM with 2 threads: two single-thread workers, ``embed_workers``, and
+  batches of up to 256 tokens); then the same for each registry variant of
+  ``--ours-variants`` (default ``all-minilm-l6-v2-bf16``, the F32 weights rounded to BF16,
+  which ggml multiplies with AVX512_BF16 where the CPU has it), with its own ratios.
 
 The Python peers are not dependencies of llama_cython: they live in ``build/peers-venv``
 (``benchmarks/setup_peers.py``), and each runs in a worker subprocess of that venv's python
@@ -223,18 +227,25 @@ def measure_ort(model: Path, texts_file: Path, n_texts: int, threads: int, repea
                    info.pop("runs"), other, str(out), info)
 
 
-def measure_ours(model: Path, texts: list[str], threads: int, repeats: int) -> Result | None:
+def measure_ours(model: Path, texts: list[str], threads: int, repeats: int,
+                 variant: str | None = None) -> Result | None:
     """llama_cython's batch embeddings, in this process.
 
     ===================================================================================
     OURS IS MEASURED HERE. Everything else in this file is the peers' side; this
     function is the one place where llama_cython itself is timed and its output kept.
     ===================================================================================
+    At the context's defaults (embeddings=True, n_threads); the setting names the defaults
+    llama_cython chose on this machine (embed_workers, the batch token budget, flash
+    attention). ``variant``: a registry name measured instead of ``model`` (the same
+    network at another precision), labelled with it.
     Returns None (the side is skipped, with a note) while the installed extension has no
     ``Context.get_embeddings_batch`` yet.
     """
     import llama_cython
 
+    if variant is not None:
+        model = llama_cython.models.model_path(variant)
     model_obj = llama_cython.load_model(str(model))
     ctx = model_obj.new_context(embeddings=True, n_threads=threads)
     if not hasattr(ctx, "get_embeddings_batch"):
@@ -249,9 +260,16 @@ def measure_ours(model: Path, texts: list[str], threads: int, repeats: int) -> R
             t0 = time.perf_counter()
             ours = ctx.get_embeddings_batch(texts)
             runs.append(time.perf_counter() - t0)
-    out = save_embeddings(WORK / "ours.npy", ours)
-    return _result("llama_cython", f"defaults threads={threads}", len(texts), runs, load.share, out,
-                   {"n_batch": getattr(ctx, "n_batch", None), "n_ubatch": getattr(ctx, "n_ubatch", None)})
+    budget = ctx.last_embedding_stats.tokens / max(ctx.last_embedding_stats.batches, 1)
+    workers = getattr(ctx, "embed_workers", 1)
+    out = save_embeddings(WORK / f"ours-{variant or 'default'}.npy", ours)
+    label = (f"{variant + ' ' if variant else ''}defaults threads={threads} workers={workers} "
+             f"fa={ctx.flash_attn}")
+    return _result("llama_cython", label, len(texts), runs, load.share, out,
+                   {"n_batch": getattr(ctx, "n_batch", None), "n_ubatch": getattr(ctx, "n_ubatch", None),
+                    "embed_workers": workers, "flash_attn": ctx.flash_attn,
+                    "mean_tokens_per_batch": round(budget, 1), "variant": variant,
+                    "model": str(model)})
 
 
 # -- worker (runs in build/peers-venv) ----------------------------------------------------------
@@ -494,12 +512,13 @@ def min_cosine_vs_st(results: list[Result], n_texts: int) -> dict[str, float]:
     return out
 
 
-def ratios(results: list[Result]) -> dict[str, float]:
-    """ours' texts/s over each peer's (empty without ours)."""
-    ours = next((r for r in results if r.side == "llama_cython"), None)
+def ratios(results: list[Result], variant: str | None = None) -> dict[str, float]:
+    """ours' texts/s (the default model, or ``variant``) over each peer's (empty without it)."""
+    ours = next((r for r in results if r.side == "llama_cython" and r.info.get("variant") == variant), None)
     if ours is None:
         return {}
-    return {f"{r.side} {r.setting}": ours.texts_per_s / r.texts_per_s for r in results if r is not ours}
+    return {f"{r.side} {r.setting}": ours.texts_per_s / r.texts_per_s for r in results
+            if r.side != "llama_cython"}
 
 
 def report(results: list[Result], texts: list[str]) -> None:
@@ -510,12 +529,13 @@ def report(results: list[Result], texts: list[str]) -> None:
     for r in results:
         name = f"{r.side} {r.setting}"
         print(f"  {name:<{w}}  {r.texts_per_s:8.1f}  {r.seconds:7.3f}  {r.other_cpu:5.0%}")
-    ours = next((r for r in results if r.side == "llama_cython"), None)
-    if ours is None:
-        return
-    print(f"\nours ({ours.texts_per_s:.1f} texts/s) / peer:")
-    for name, ratio in ratios(results).items():
-        print(f"  {name:<{w}}  {ratio:6.2f}x")
+    for ours in (r for r in results if r.side == "llama_cython"):
+        variant = ours.info.get("variant")
+        print(f"\nours{' (' + variant + ')' if variant else ''} ({ours.texts_per_s:.1f} texts/s, "
+              f"{ours.info.get('embed_workers')} workers, {ours.info.get('mean_tokens_per_batch')} "
+              f"tokens per batch on average, flash attention {ours.info.get('flash_attn')}) / peer:")
+        for name, ratio in ratios(results, variant).items():
+            print(f"  {name:<{w}}  {ratio:6.2f}x")
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -550,6 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-other", type=float, default=0.05,
                     help="a side during which other processes took more of the CPUs is run again")
     ap.add_argument("--tries", type=int, default=3, help="runs per side at most (see --max-other)")
+    ap.add_argument("--ours-variants", default="all-minilm-l6-v2-bf16",
+                    help="registry models also measured on our side, at defaults (comma-separated; "
+                         "'' for none): the same network at another precision")
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead")
     args = ap.parse_args(argv)
     system = print_system()
@@ -598,6 +621,8 @@ def main(argv: list[str] | None = None) -> int:
     if "ours" in sides:
         # ours: see measure_ours
         add(lambda: measure_ours(model, texts, args.threads, args.repeats))
+        for variant in [v.strip() for v in args.ours_variants.split(",") if v.strip()]:
+            add(lambda variant=variant: measure_ours(model, texts, args.threads, args.repeats, variant))
     if not results:
         return 0
 
@@ -611,6 +636,9 @@ def main(argv: list[str] | None = None) -> int:
                           "model": str(model), "threads": args.threads,
                           "best_c": asdict(best_c) if best_c else None,
                           "results": [asdict(r) for r in results], "ratios": ratios(results),
+                          "variant_ratios": {v: ratios(results, v) for v in
+                                             {r.info.get("variant") for r in results
+                                              if r.side == "llama_cython"} - {None}},
                           "min_cosine_vs_st": vs_st,
                           "agreement_ok": ok}, indent=1))
         print("\n".join(lines), file=sys.stderr)

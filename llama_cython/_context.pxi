@@ -13,6 +13,25 @@ cdef cppbool _abort_callback(void * data) noexcept nogil:
     return (<volatile int *>data)[0] != 0
 
 
+# Data-parallel embedding (see _embed.pxi): the default number of workers of an embeddings
+# context. A model without a KV cache (BERT-like encoders) of at most 1 GiB gets one worker per
+# batch thread, up to 8 (each worker's context holds its own compute buffers: a few tens of MB
+# for all-MiniLM); others embed on the context alone, where ggml's ops are long enough for the
+# threads to share them, and a second context would double the KV cache.
+cdef int _MAX_EMBED_WORKERS = 8
+cdef uint64_t _EMBED_WORKERS_MAX_MODEL_BYTES = <uint64_t>1 << 30
+
+
+cdef int _embed_worker_default(Model model, ll.llama_context * raw, int n_threads_batch,
+                               object asked) except -1:
+    if asked is not None:
+        return asked
+    if (n_threads_batch < 2 or ll.llama_get_memory(raw) != NULL
+            or ll.llama_model_size(model._model) > _EMBED_WORKERS_MAX_MODEL_BYTES):
+        return 1
+    return min(n_threads_batch, _MAX_EMBED_WORKERS)
+
+
 @cython.no_gc_clear
 @cython.final
 cdef class Context:
@@ -42,6 +61,11 @@ cdef class Context:
     cdef readonly object last_batch_stats
     cdef bint _embeddings
     cdef dict _spec                   # new_context's options, as pickle carries them
+    cdef ll.llama_context_params _params   # what the context was created with
+    cdef readonly int embed_workers   # contexts that embed batches side by side (1: this one)
+    cdef int _worker_threads          # threads of each when embed_workers > 1
+    cdef vector[ll.llama_context *] _wctx       # the other workers' contexts, made at first use
+    cdef vector[ll.llama_batch_ext *] _wbatch
     cdef object __weakref__
 
     def __cinit__(self):
@@ -56,7 +80,8 @@ cdef class Context:
     cdef Context _create(Model model, object n_ctx, object n_batch, object n_ubatch,
                          object n_threads, object n_threads_batch, object kv_cache_type,
                          object flash_attn, object embeddings, object pooling,
-                         object n_parallel, object prefix_caching, object kv_unified=None):
+                         object n_parallel, object prefix_caching, object kv_unified=None,
+                         object embed_workers=None):
         cdef int32_t n_ctx_train = ll.llama_model_n_ctx_train(model._model)
         if model.vocab_only:
             raise ContextError("the model was loaded with vocab_only=True; it has no weights to run")
@@ -80,6 +105,10 @@ cdef class Context:
         if n_threads_batch is None:
             n_threads_batch = n_threads
         _check_threads(n_threads_batch, "n_threads_batch", n_cpus)
+        if embed_workers is not None:
+            _check_int(embed_workers, "embed_workers", 1, n_threads_batch)
+            if embed_workers > 1 and embeddings is not True:
+                raise OptionError("embed_workers > 1 needs an embeddings=True context")
         cdef int max_seq = <int>ll.llama_max_parallel_sequences()
         if n_parallel is None:
             n_parallel = 1
@@ -182,6 +211,11 @@ cdef class Context:
             self._ctx = NULL
             raise AllocationError("new_context: failed to allocate the batch")
         self._read_report(report, fa)
+        self._params = p
+        self.embed_workers = 1
+        if embeddings:
+            self.embed_workers = _embed_worker_default(model, raw, n_threads_batch, embed_workers)
+        self._worker_threads = max(1, n_threads_batch // self.embed_workers)
         if (embeddings and ll.llama_pooling_type_of(raw) == ll.LLAMA_POOLING_TYPE_RANK
                 and not model._has_cls_head):
             # llama.cpp would keep n_cls_out (1) float per sequence of the plain hidden state.
@@ -214,7 +248,41 @@ cdef class Context:
             if "enabling flash_attn" in line:
                 self.flash_attn = "on"
 
+    cdef void _free_workers(self) noexcept:
+        cdef size_t i
+        for i in range(self._wbatch.size()):
+            ll.llama_batch_ext_free(self._wbatch[i])
+        self._wbatch.clear()
+        for i in range(self._wctx.size()):
+            ll.llama_free(self._wctx[i])
+        self._wctx.clear()
+
+    cdef int _embed_worker_count(self, int64_t n_batches) except -1:
+        """How many workers embed ``n_batches`` batches (at most one per batch); the contexts of
+        workers 1.. are created the first time they are needed and kept until close()."""
+        cdef int k = <int>min(<int64_t>self.embed_workers, max(n_batches, <int64_t>1))
+        cdef ll.llama_context_params p = self._params
+        cdef ll.llama_context * raw
+        cdef ll.llama_batch_ext * batch
+        p.n_threads = self._worker_threads
+        p.n_threads_batch = self._worker_threads
+        while <int>self._wctx.size() < k - 1:
+            with nogil:
+                raw = ll.llama_init_from_model(self.model._model, p)
+            _drain_log()
+            if raw == NULL:
+                raise AllocationError("llama.cpp could not create an embedding worker's context "
+                                      "(new_context(embed_workers=1) embeds on this one alone)")
+            batch = ll.llama_batch_ext_init(raw)
+            if batch == NULL:
+                ll.llama_free(raw)
+                raise AllocationError("could not allocate an embedding worker's batch")
+            self._wctx.push_back(raw)
+            self._wbatch.push_back(batch)
+        return k
+
     def __dealloc__(self):
+        self._free_workers()
         if self._batch != NULL:
             ll.llama_batch_ext_free(self._batch)
             self._batch = NULL
@@ -278,6 +346,7 @@ cdef class Context:
             raise ContextBusyError(f"cannot close the context now: {self._busy_reason()}")
         self._held = True
         try:
+            self._free_workers()
             if self._batch != NULL:
                 ll.llama_batch_ext_free(self._batch)
                 self._batch = NULL
@@ -666,11 +735,12 @@ cdef class Context:
             length) to that many tokens; ``ctx.last_embedding_stats.truncated`` counts them.
             With ``False`` such a text raises :class:`ContextSizeError` naming its index.
         progress : callable or bool, optional
-            ``progress(n)`` is called after each decoded batch with the number of texts it
-            embedded (returning ``False`` stops with :class:`DecodeError`); ``True`` shows a
+            ``progress(n)`` is called after each decoded batch with the number of texts
+            embedded since the last call (with several :attr:`embed_workers`, those of every
+            worker; returning ``False`` stops with :class:`DecodeError`); ``True`` shows a
             tqdm bar.
         batch_tokens : int, optional
-            Most tokens per decode (default: 512, and at most the context's ``n_ubatch``).
+            Most tokens per decode (default: 256, and at most the context's ``n_ubatch``).
         nulls : {"raise", "empty", "skip"}
             Missing values (``None``, ``NaN``, ``pd.NA``): a TypeError naming the index, the
             embedding of ``""``, or left out (fewer rows than ``texts``). As in

@@ -206,6 +206,7 @@ class Model:
         n_parallel: int | None = None,
         prefix_caching: bool | Literal["exact", "any", "off"] = True,
         kv_unified: bool | None = None,
+        embed_workers: int | None = None,
     ) -> Context: ...
 
 @final
@@ -245,6 +246,8 @@ class Context:
     def n_parallel(self) -> int: ...
     @property
     def kv_unified(self) -> bool: ...
+    @property
+    def embed_workers(self) -> int: ...
     @property
     def embeddings(self) -> bool: ...
     @property

@@ -14,9 +14,41 @@
 cdef extern from "<algorithm>" namespace "std" nogil:
     void std_sort "std::sort"[Iter](Iter first, Iter last)
 
+cdef extern from "_workers.h" namespace "llama_cython" nogil:
+    ctypedef void (*worker_fn)(void * arg, int index) noexcept nogil
+    cdef cppclass WorkerThreads:
+        void start(int n, worker_fn fn, void * arg) except +
+        bint wait_for(int ms)
+        void join()
+    cdef cppclass BatchCounter:
+        int64_t take()
+        void add_done(int64_t n)
+        int64_t done()
+        void stop()
+        bint stopped()
+    int32_t batch_add_token_nothrow(ll.llama_batch_ext * batch, ll.llama_seq_id seq_id,
+                                    ll.llama_token id) noexcept
+    int32_t process_nothrow(ll.llama_context * ctx, ll.llama_process_type type,
+                            ll.llama_batch_ext * batch) noexcept
+    int32_t PROCESS_BAD_ALLOC
+    int32_t PROCESS_THREW
+
+# Data-parallel embedding (ctx.embed_workers > 1): the batches are planned first (the same
+# packing as one context would do, so the results do not depend on the workers), then each
+# worker, a llama_context of its own with n_threads_batch // workers threads, takes whole
+# batches from a shared counter and writes its rows of the output. On a small model each
+# ggml op is too short to keep two threads busy between its barriers, so two contexts of one
+# thread each embed more texts per second than one context of two threads (measured:
+# benchmarks/bench_embeddings.py). The calling thread is worker 0 and returns to Python
+# between its batches (progress, Ctrl-C); the others are C++ threads that never touch Python.
+
 # Default token budget of one decode for embeddings. Attention over a packed batch costs the
-# square of its tokens on the CPU, so past a few hundred tokens bigger batches are slower.
-_EMBED_BATCH_TOKENS = 512
+# square of its tokens on the CPU, so past a few hundred tokens bigger batches are slower;
+# below, each decode's fixed cost (graph, thread barriers) weighs more. Measured with all-MiniLM
+# (benchmarks/bench_embeddings.py, 2 threads): on an AVX-512 EPYC (Zen 4) 256 beat 512 by 6-10 %
+# on one context and on two workers, and 128 was within noise of 256; on an AVX2 EPYC 128 was
+# best for llama.cpp's own loop; on a Zen 5, 512.
+_EMBED_BATCH_TOKENS = 256
 
 
 cdef int _truncate_all(const int32_t * ids, const int64_t * counts, Py_ssize_t n,
@@ -71,9 +103,8 @@ cdef struct _EmbedLoop:
     const int64_t * offs
     const pair[int32_t, int32_t] * order   # (length, text index), shortest first
     Py_ssize_t n
-    Py_ssize_t pos                   # next entry of order to embed
-    int32_t n_seq_max
-    int32_t budget                   # tokens per decode (a longer text gets a batch alone)
+    Py_ssize_t pos                   # the batch being packed: order[pos:pos_end]
+    Py_ssize_t pos_end
     int32_t * rows                   # text index of each sequence of the current batch
     int32_t * first                  # batch index of each sequence's first token
     int32_t n_seq                    # sequences in the current batch
@@ -81,24 +112,44 @@ cdef struct _EmbedLoop:
     int32_t d
     bint normalize
     int32_t rc                       # llama_process's code, or _EMBED_NO_OUTPUT
+    int status                       # how this worker's last batch ended (_EMBED_*)
     volatile int * abort
 
 
-cdef int _embed_pack(_EmbedLoop * e) except -1 nogil:
-    """Fill the batch with the next texts in length order, one sequence each. 0, or 1 (rc -1)."""
+cdef int _embed_plan(const pair[int32_t, int32_t] * order, Py_ssize_t pos, Py_ssize_t n,
+                     int32_t budget, int32_t n_seq_max, vector[int64_t] * plan) except -1 nogil:
+    """Cut order[pos:n] (length order) into batches: plan[b]:plan[b + 1] is batch b. A batch
+    takes texts while their tokens fit ``budget`` and there are fewer than ``n_seq_max``; a
+    text longer than the budget gets a batch alone."""
+    cdef int32_t n_tok, n_seq, L
+    plan.push_back(pos)
+    while pos < n:
+        n_tok = 0
+        n_seq = 0
+        while pos < n and n_seq < n_seq_max:
+            L = order[pos].first
+            if n_seq > 0 and n_tok + L > budget:
+                break
+            n_tok += L
+            n_seq += 1
+            pos += 1
+        plan.push_back(pos)
+    return 0
+
+
+cdef int _embed_pack(_EmbedLoop * e) noexcept nogil:
+    """Fill the batch with the planned texts order[pos:pos_end], one sequence each. 0, or 1 (rc -1)."""
     cdef int32_t n_tok = 0, L, j, k
     cdef int64_t start
     cdef ll.llama_pos p
     ll.llama_batch_ext_clear(e.batch)
     e.n_seq = 0
-    while e.pos < e.n and e.n_seq < e.n_seq_max:
+    while e.pos < e.pos_end:
         L = e.order[e.pos].first
-        if e.n_seq > 0 and n_tok + L > e.budget:
-            break
         start = e.offs[e.order[e.pos].second]
         e.first[e.n_seq] = n_tok
         for j in range(L):
-            k = ll.llama_batch_ext_add_token(e.batch, e.n_seq, e.toks[start + j])
+            k = batch_add_token_nothrow(e.batch, e.n_seq, e.toks[start + j])
             if k < 0:
                 e.rc = -1
                 return 1
@@ -146,19 +197,57 @@ cdef int _embed_write_tokens(_EmbedLoop * e) noexcept nogil:
 cdef int _EMBED_DONE = 0, _EMBED_FAILED = 1, _EMBED_CANCELLED = 2
 
 
-cdef int _embed_batch(_EmbedLoop * e, bint per_token) except -1 nogil:
+cdef int _embed_batch(_EmbedLoop * e, bint per_token) noexcept nogil:
     """Pack, decode and write one batch; the caller returns to Python after each."""
     if e.abort[0] or native_stopping():
         return _EMBED_CANCELLED
     ll.llama_memory_clear(e.mem, True)       # a no-op (NULL) for memory-less models
     if _embed_pack(e):
         return _EMBED_FAILED
-    e.rc = ll.llama_process(e.ctx, ll.LLAMA_PROCESS_TYPE_DECODE, e.batch)
+    e.rc = process_nothrow(e.ctx, ll.LLAMA_PROCESS_TYPE_DECODE, e.batch)
     if e.rc != 0:
         return _EMBED_FAILED
     if (_embed_write_tokens(e) if per_token else _embed_write_pooled(e)):
         return _EMBED_FAILED
     return _EMBED_DONE
+
+
+# No planned batch is left for the worker (or another worker failed or was stopped).
+cdef int _EMBED_NONE = 3
+
+
+cdef struct _EmbedJob:
+    _EmbedLoop * loops               # one per worker; loops[0] is the calling thread's
+    const int64_t * plan             # batch b is order[plan[b]:plan[b + 1]]
+    int64_t n_batches
+    BatchCounter * counter           # the next batch to take, texts done, stop flag
+    bint per_token
+
+
+cdef int _embed_next(_EmbedJob * job, int w) noexcept nogil:
+    """Worker ``w`` takes the next planned batch and embeds it: an _EMBED_* status."""
+    cdef _EmbedLoop * e = &job.loops[w]
+    cdef int64_t b
+    if job.counter.stopped():
+        return _EMBED_NONE
+    b = job.counter.take()
+    if b >= job.n_batches:
+        return _EMBED_NONE
+    e.pos = job.plan[b]
+    e.pos_end = job.plan[b + 1]
+    e.status = _embed_batch(e, job.per_token)
+    if e.status == _EMBED_DONE:
+        job.counter.add_done(e.n_seq)
+    else:
+        job.counter.stop()           # the others finish the batch they hold, then return
+    return e.status
+
+
+cdef void _embed_worker(void * arg, int w) noexcept nogil:
+    """A worker thread's whole life: batches until none is left."""
+    cdef _EmbedJob * job = <_EmbedJob *>arg
+    while _embed_next(job, w) == _EMBED_DONE:
+        pass
 
 
 cdef object _embed_into(Context self, _TextBuffers buf, float[:, ::1] out, bint normalize,
@@ -183,8 +272,6 @@ cdef object _embed_into(Context self, _TextBuffers buf, float[:, ::1] out, bint 
     cdef vector[ll.llama_token] toks
     cdef vector[int64_t] offs
     cdef vector[pair[int32_t, int32_t]] order
-    cdef vector[int32_t] rows
-    cdef vector[int32_t] first
     cdef _EmbedLoop e
     cdef int status = _EMBED_DONE
     cdef bint stop_asked = False
@@ -233,25 +320,18 @@ cdef object _embed_into(Context self, _TextBuffers buf, float[:, ::1] out, bint 
     for i in range(n):
         order[i].first = <int32_t>(offs[i + 1] - offs[i])
         order[i].second = <int32_t>i
-    rows.resize(n_seq_max)
-    first.resize(n_seq_max)
-    e.ctx = self._ctx
-    e.batch = self._batch
-    e.mem = ll.llama_get_memory(self._ctx)
     e.toks = toks.data()
     e.offs = offs.data()
     e.order = order.data()
     e.n = n
     e.pos = 0
-    e.n_seq_max = n_seq_max
-    e.budget = budget
-    e.rows = rows.data()
-    e.first = first.data()
     e.out = &out[0, 0] if out.shape[0] else NULL
     e.d = d
     e.normalize = normalize
     e.rc = 0
+    e.status = _EMBED_DONE
     e.abort = &self._abort
+    cdef vector[int64_t] plan
     with nogil:
         std_sort(order.begin(), order.end())
         # Texts with no tokens (an empty string on a model that adds no special tokens) have
@@ -260,18 +340,75 @@ cdef object _embed_into(Context self, _TextBuffers buf, float[:, ::1] out, bint 
             if not per_token:
                 memset(e.out + <int64_t>order[e.pos].second * d, 0, d * sizeof(float))
             e.pos += 1
-    while e.pos < n:
+        _embed_plan(order.data(), e.pos, n, budget, n_seq_max, &plan)
+    n_batches = <int64_t>plan.size() - 1
+    # Worker 0 is this thread on the context itself; workers 1.. run on contexts of their own.
+    cdef int n_workers = self._embed_worker_count(n_batches)
+    cdef vector[_EmbedLoop] loops
+    cdef vector[int32_t] scratch
+    cdef BatchCounter counter
+    cdef WorkerThreads threads
+    cdef _EmbedJob job
+    cdef int w
+    loops.resize(n_workers)
+    scratch.resize(2 * n_seq_max * n_workers)
+    for w in range(n_workers):
+        loops[w] = e
+        loops[w].ctx = self._ctx if w == 0 else self._wctx[w - 1]
+        loops[w].batch = self._batch if w == 0 else self._wbatch[w - 1]
+        loops[w].mem = ll.llama_get_memory(loops[w].ctx)
+        loops[w].rows = scratch.data() + 2 * n_seq_max * w
+        loops[w].first = loops[w].rows + n_seq_max
+    job.loops = loops.data()
+    job.plan = plan.data()
+    job.n_batches = n_batches
+    job.counter = &counter
+    job.per_token = per_token
+    cdef int64_t reported = 0, done
+    cdef bint all_returned = n_workers == 1
+    cdef int32_t own_threads = ll.llama_n_threads(self._ctx)
+    cdef int32_t own_threads_batch = ll.llama_n_threads_batch(self._ctx)
+    if n_workers > 1:
+        # worker 0 (this context) runs with one worker's share of the threads, as the others
+        ll.llama_set_n_threads(self._ctx, self._worker_threads, self._worker_threads)
+    try:
+        if n_workers > 1:
+            threads.start(n_workers - 1, _embed_worker, &job)
+        while True:
+            with nogil:
+                status = _embed_next(&job, 0)
+            if status != _EMBED_DONE:
+                break
+            PyErr_CheckSignals()       # KeyboardInterrupt between two batches; the context stays usable
+            if progress is not None:
+                done = counter.done()
+                if done > reported:
+                    if progress(done - reported) is False:
+                        stop_asked = True
+                        break
+                    reported = done
+        while not all_returned:        # the other workers' last batches
+            with nogil:
+                all_returned = threads.wait_for(100)
+            PyErr_CheckSignals()
+            if progress is not None and not stop_asked:
+                done = counter.done()
+                if done > reported:
+                    if progress(done - reported) is False:
+                        stop_asked = True
+                    reported = done
+    finally:
+        counter.stop()                 # an exception or a stop: no worker takes another batch
         with nogil:
-            status = _embed_batch(&e, per_token)
-        if status != _EMBED_DONE:
-            break
-        n_batches += 1
-        PyErr_CheckSignals()       # KeyboardInterrupt between two batches; the context stays usable
-        if progress is not None and progress(e.n_seq) is False:
-            stop_asked = True
-            break
-    if status == _EMBED_FAILED:
-        raise _embed_error(e.rc, self.pooling, self.n_ctx, mark)
-    if status == _EMBED_CANCELLED or stop_asked:
+            threads.join()
+        if n_workers > 1:
+            ll.llama_set_n_threads(self._ctx, own_threads, own_threads_batch)
+    for w in range(n_workers):
+        if loops[w].status == _EMBED_FAILED:
+            raise _embed_error(loops[w].rc, self.pooling, self.n_ctx, mark)
+    for w in range(n_workers):
+        if loops[w].status == _EMBED_CANCELLED:
+            raise _decode_error(2, "get_embeddings_batch", self.n_ctx, mark)
+    if stop_asked:
         raise _decode_error(2, "get_embeddings_batch", self.n_ctx, mark)
     return offs[n], n_truncated, n_batches, values, offsets

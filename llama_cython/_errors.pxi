@@ -67,6 +67,11 @@ cdef object _embed_error(int32_t code, str pooling, uint32_t n_ctx, int64_t mark
     if code == _EMBED_NO_OUTPUT:
         return ContextError("llama.cpp returned no embedding for a text; the context's pooling "
                             f"is {pooling!r}")
+    if code == PROCESS_BAD_ALLOC:
+        return AllocationError(f"get_embeddings_batch: out of memory while decoding{_log_since(mark)}")
+    if code == PROCESS_THREW:
+        return DecodeError(f"get_embeddings_batch: llama.cpp raised a C++ exception while decoding"
+                           f"{_log_since(mark)}", code)
     return _decode_error(code, "get_embeddings_batch", n_ctx, mark)
 
 

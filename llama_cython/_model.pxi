@@ -582,7 +582,7 @@ cdef class Model:
     def new_context(self, *, n_ctx=None, n_batch=512, n_ubatch=None, n_threads=None,
                     n_threads_batch=None, kv_cache_type="f16", flash_attn="auto",
                     embeddings=False, pooling=None, n_parallel=None, prefix_caching=True,
-                    kv_unified=None):
+                    kv_unified=None, embed_workers=None):
         """Create a :class:`Context` (a KV cache and the state of one conversation).
 
         Every option is checked here and read back from llama.cpp afterwards: the context's
@@ -628,13 +628,21 @@ cdef class Model:
             llama.cpp then decodes a packed batch in one pass, as its own tools do; batched
             generation on a shared cache fails with a ``DecodeError`` once the sequences
             together outgrow it.
+        embed_workers : int, optional
+            For ``embeddings=True``: how many llama.cpp contexts embed batches side by side,
+            each with ``n_threads_batch // embed_workers`` threads (1 to ``n_threads_batch``).
+            The batches are planned as one context would pack them, so the vectors do not
+            depend on this. Default: one worker per batch thread (up to 8) for a model
+            without a KV cache (BERT-like encoders) of at most 1 GiB, whose ops are too short
+            to keep several threads busy; 1 otherwise. The other workers' contexts are
+            created at the first batch call that uses them and freed by :meth:`Context.close`.
         """
         cdef Context ctx
         self._acquire()
         try:
             ctx = Context._create(self, n_ctx, n_batch, n_ubatch, n_threads, n_threads_batch,
                                   kv_cache_type, flash_attn, embeddings, pooling, n_parallel,
-                                  prefix_caching, kv_unified)
+                                  prefix_caching, kv_unified, embed_workers)
         finally:
             self._release()
         # What a pickled context is created with again (checked values, as given).
@@ -642,5 +650,6 @@ cdef class Model:
                      "n_threads": n_threads, "n_threads_batch": n_threads_batch,
                      "kv_cache_type": kv_cache_type, "flash_attn": flash_attn,
                      "embeddings": embeddings, "pooling": pooling, "n_parallel": n_parallel,
-                     "prefix_caching": prefix_caching, "kv_unified": kv_unified}
+                     "prefix_caching": prefix_caching, "kv_unified": kv_unified,
+                     "embed_workers": embed_workers}
         return ctx

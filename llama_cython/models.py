@@ -300,6 +300,19 @@ KNOWN_MODELS: dict[str, ModelSource] = {
             convert=Conversion("f32", _MINILM_SOURCE_SHA256, _CONVERT_REQUIREMENTS),
         ),
         ModelSource(
+            name="all-minilm-l6-v2-bf16",
+            filename="all-MiniLM-L6-v2.BF16.gguf",
+            sha256="d87141360d6b0d4ff11908e2a4298cfb70554624813e972cc3210ebe7aaf1da6",
+            parts=(),
+            description=(
+                "all-MiniLM-L6-v2 in BF16 (~46 MB), made from the F32 file: the fastest "
+                "all-MiniLM on CPUs with AVX512_BF16 (lowest cosine to sentence-transformers "
+                "0.99994 on the reference sentences)"
+            ),
+            license="Apache-2.0",
+            derive=Derivation(base="all-minilm-l6-v2-f32", ftype="bf16"),
+        ),
+        ModelSource(
             name="smollm2-135m-instruct-f32",
             filename="SmolLM2-135M-Instruct.F32.gguf",
             sha256="6532799f494167f79cf75f7de685ad44fe6a1fe1a9cd41d7a2cd9603e64d4b9b",

@@ -17,10 +17,11 @@ import _bootstrap
 
 def main() -> None:
     # all-minilm-l6-v2(-f32) are converted to GGUF on first use: about a minute, in a venv with torch;
-    # smollm2-135m-instruct-f32 is derived from the Q4_1 model by the built extension (seconds)
+    # smollm2-135m-instruct-f32 and all-minilm-l6-v2-bf16 are derived from the Q4_1 and F32
+    # files by the built extension (seconds)
     python = _bootstrap.ensure(models=(
         "smollm2-135m-instruct", "gemma-3-270m", "all-minilm-l6-v2", "all-minilm-l6-v2-f32",
-        "smollm2-135m-instruct-f32",
+        "all-minilm-l6-v2-bf16", "smollm2-135m-instruct-f32",
     ))
     os.chdir(_bootstrap.ROOT)
     args = [str(python), "-m", "pytest", "tests", *sys.argv[1:]]

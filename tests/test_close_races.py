@@ -50,6 +50,7 @@ PATHS = {"smol": llama.models.model_path("smollm2-135m-instruct"),
          "mini": llama.models.model_path("all-minilm-l6-v2")}
 CTX_OPTIONS = {"gen": ("smol", dict(n_ctx=256, n_threads=1)),
                "emb": ("mini", dict(embeddings=True, n_threads=1)),
+               "emb2": ("mini", dict(embeddings=True, n_threads=2, embed_workers=2)),
                "tok": ("mini", dict(embeddings=True, pooling="none", n_threads=1)),
                "draft": ("smol", dict(n_ctx=256, n_threads=1))}
 TEXT = "Hello world, this is a race."
@@ -100,6 +101,7 @@ EXPECT = {
     "generate": ref_gen.generate(PROMPT, **GEN),
     "chat": ref_gen.chat(MESSAGES, template=TEMPLATE, template_kwargs={"hook": no_hook}, **GEN).content,
     "embeddings": ref_emb.get_embeddings_batch(TEXTS),
+    "embeddings_small_batches": ref_emb.get_embeddings_batch(TEXTS, batch_tokens=8),
     "token_embeddings": ref_tok.get_token_embeddings(TEXTS, batch_tokens=8).values,
     "lookup": ref_gen.generate_with_draft(PROMPT, "prompt", **GEN_DRAFT),
     "drafted": ref_gen.generate_with_draft(PROMPT, ref_draft, **GEN_DRAFT),
@@ -296,6 +298,11 @@ ENTRIES = [
       lambda c, h, w: c.get_embeddings_batch(hooked(TEXTS, h) if w == "input" else TEXTS,
                                              progress=(lambda n: h()) if w == "progress" else None),
       lambda r: same_array(r, EXPECT["embeddings"]), ("input", "progress")),
+    e("Context.get_embeddings_batch (2 workers)", "ctx+model:emb2",
+      lambda c, h, w: c.get_embeddings_batch(hooked(TEXTS * 8, h) if w == "input" else TEXTS * 8,
+                                             progress=(lambda n: h()) if w == "progress" else None,
+                                             batch_tokens=8),
+      lambda r: same_array(r, np.tile(EXPECT["embeddings_small_batches"], (8, 1))), ("input", "progress")),
     e("Context.get_token_embeddings", "ctx+model:tok",
       lambda c, h, w: c.get_token_embeddings(hooked(TEXTS, h) if w == "input" else TEXTS,
                                              progress=(lambda n: h()) if w == "progress" else None,

@@ -57,6 +57,18 @@ def test_matches_sentence_transformers(ctx, sentences):
     assert ctx.last_embedding_stats.truncated == 0
 
 
+def test_bf16_variant_matches_sentence_transformers(sentences):
+    """The registry's BF16 file (made from the F32 one by llama.cpp's quantizer) keeps every
+    reference sentence at cosine >= 0.999 (0.99994 measured), with flash attention on and off."""
+    reference = np.load(DATA / "embedding_reference.npy")
+    model = llama.load_model(llama.models.model_path("all-minilm-l6-v2-bf16"))
+    assert "BF16" in model.description
+    for fa in ("on", "off"):
+        with model.new_context(embeddings=True, flash_attn=fa) as c:
+            cos = np.sum(c.get_embeddings_batch(sentences) * reference, axis=1)
+        assert cos.min() >= 0.999, (fa, float(cos.min()))
+
+
 # -- batch == one by one -----------------------------------------------------------------------------
 #
 # Measured: llama.cpp's CPU kernels round differently for different batch shapes (a text packed
@@ -207,7 +219,11 @@ def test_progress_and_stats(ctx, sentences):
     stats = ctx.last_embedding_stats
     assert isinstance(stats, EmbeddingStats)
     assert sum(calls) == len(sentences) == stats.texts
-    assert len(calls) == stats.batches > 1
+    assert stats.batches > 1
+    # one call per batch on one worker; with several, each call counts what all of them finished
+    assert 1 <= len(calls) <= stats.batches
+    if ctx.embed_workers == 1:
+        assert len(calls) == stats.batches
     assert stats.tokens > len(sentences) and stats.texts_per_second > 0
     with pytest.raises(DecodeError):
         ctx.get_embeddings_batch(sentences, progress=lambda n: False)
@@ -330,3 +346,120 @@ def test_pooling_none_gives_token_embeddings(request, name, minilm):
         np.testing.assert_allclose(emb.mean(), pooled, atol=1e-3, rtol=1e-3)
         with model.new_context(embeddings=True) as m, pytest.raises(ContextError, match="pooling='none'"):
             m.get_token_embeddings(texts)
+
+
+# -- data-parallel workers (embed_workers) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("options", "workers"), [
+    ({"n_threads": 2}, 2), ({"n_threads": 1}, 1), ({"n_threads": 2, "embed_workers": 1}, 1),
+    ({"n_threads": 1, "n_threads_batch": 2}, 2), ({"n_threads": 2, "n_threads_batch": 1}, 1)])
+def test_embed_workers_default_on_an_encoder(minilm, options, workers):
+    """One worker per batch thread for a small model without a KV cache (all-MiniLM)."""
+    with minilm.new_context(embeddings=True, **options) as c:
+        assert c.embed_workers == workers
+        assert c.options["embed_workers"] == options.get("embed_workers")
+
+
+def test_embed_workers_default_on_a_decoder_is_one(smol):
+    """A model with a KV cache embeds on its context alone (a worker would need a cache of its own)."""
+    with smol.new_context(embeddings=True, n_ctx=512, n_threads=2) as c:
+        assert c.embed_workers == 1
+    with smol.new_context(embeddings=True, n_ctx=512, n_threads=2, embed_workers=2) as c:
+        assert c.embed_workers == 2
+        texts = ["The cat sat on the mat.", "A dog barked.", "Stock markets fell sharply today."] * 4
+        with smol.new_context(embeddings=True, n_ctx=512, n_threads=2, embed_workers=1) as one:
+            np.testing.assert_array_equal(c.get_embeddings_batch(texts, batch_tokens=16),
+                                          one.get_embeddings_batch(texts, batch_tokens=16))
+
+
+@pytest.mark.parametrize(("value", "exc"), [(0, llama.OptionError), (3, llama.OptionError),
+                                            (1.5, TypeError), ("2", TypeError), (True, TypeError)])
+def test_bad_embed_workers(minilm, value, exc):
+    with pytest.raises(exc, match="embed_workers"):
+        minilm.new_context(embeddings=True, n_threads=2, embed_workers=value)
+
+
+def test_embed_workers_need_an_embeddings_context(smol):
+    with pytest.raises(llama.OptionError, match="embed_workers"):
+        smol.new_context(n_ctx=256, n_threads=2, embed_workers=2)
+    with smol.new_context(n_ctx=256, n_threads=2, embed_workers=1) as c:
+        assert c.embed_workers == 1
+
+
+@pytest.mark.parametrize("batch_tokens", [8, 64, 512])
+def test_workers_give_the_vectors_of_one_context_bit_for_bit(minilm, sentences, batch_tokens):
+    """The batches are planned before the workers take them, so each text is packed with the
+    same neighbours whichever worker computes it: the values equal one context's exactly."""
+    texts = [*sentences[:200], "", "x", sentences[0]]
+    with minilm.new_context(embeddings=True, n_threads=2, embed_workers=1) as one, \
+            minilm.new_context(embeddings=True, n_threads=2, embed_workers=2) as two:
+        want = one.get_embeddings_batch(texts, batch_tokens=batch_tokens)
+        got = two.get_embeddings_batch(texts, batch_tokens=batch_tokens)
+        np.testing.assert_array_equal(got, want)
+        assert two.last_embedding_stats.batches == one.last_embedding_stats.batches
+        assert two.last_embedding_stats.tokens == one.last_embedding_stats.tokens
+        # unnormalised, into out=, and a second call on the workers made by the first
+        out = np.empty_like(want)
+        two.get_embeddings_batch(texts, batch_tokens=batch_tokens, normalize=False, out=out)
+        np.testing.assert_array_equal(out, one.get_embeddings_batch(texts, batch_tokens=batch_tokens,
+                                                                    normalize=False))
+        got_chunks = list(two.iter_embeddings(iter(texts), chunk_size=64))
+        want_chunks = list(one.iter_embeddings(iter(texts), chunk_size=64))
+        np.testing.assert_array_equal(np.concatenate(got_chunks), np.concatenate(want_chunks))
+
+
+def test_workers_give_token_embeddings_bit_for_bit(minilm, sentences):
+    texts = [*sentences[:60], ""]
+    with minilm.new_context(embeddings=True, pooling="none", n_threads=2, embed_workers=1) as one, \
+            minilm.new_context(embeddings=True, pooling="none", n_threads=2, embed_workers=2) as two:
+        want = one.get_token_embeddings(texts, batch_tokens=64)
+        got = two.get_token_embeddings(texts, batch_tokens=64)
+    np.testing.assert_array_equal(got.offsets, want.offsets)
+    np.testing.assert_array_equal(got.values, want.values)
+
+
+def test_workers_progress_stop_and_reuse(minilm, sentences):
+    """Progress counts every worker's texts; a stop from progress ends the call with DecodeError
+    after the workers' current batches, and the context (workers included) embeds again."""
+    with minilm.new_context(embeddings=True, n_threads=2, embed_workers=2) as c:
+        calls: list[int] = []
+        ref = c.get_embeddings_batch(sentences, progress=calls.append, batch_tokens=64)
+        assert sum(calls) == len(sentences)
+        with pytest.raises(DecodeError):
+            c.get_embeddings_batch(sentences, progress=lambda n: False, batch_tokens=64)
+
+        def boom(n: int) -> None:
+            raise RuntimeError("from progress")
+        with pytest.raises(RuntimeError, match="from progress"):
+            c.get_embeddings_batch(sentences, progress=boom, batch_tokens=64)
+        assert not c.busy
+        np.testing.assert_array_equal(c.get_embeddings_batch(sentences, batch_tokens=64), ref)
+
+
+def test_cancel_stops_every_worker(minilm):
+    """ctx.cancel() from another thread aborts the decodes of all workers: DecodeError, then the
+    context works again."""
+    texts = [f"sentence number {i} about nothing in particular" for i in range(20000)]
+    with minilm.new_context(embeddings=True, n_threads=2, embed_workers=2) as c:
+        started = threading.Event()
+
+        def progress(n: int) -> None:
+            started.set()
+
+        canceller = threading.Thread(target=lambda: (started.wait(60), c.cancel()))
+        canceller.start()
+        with pytest.raises(DecodeError):
+            c.get_embeddings_batch(texts, progress=progress, batch_tokens=64)
+        canceller.join()
+        assert c.get_embeddings_batch(["usable"]).shape == (1, 384)
+
+
+def test_closing_frees_the_workers_and_the_model_closes(sentences):
+    m = llama.load_model(llama.models.model_path("all-minilm-l6-v2"))
+    c = m.new_context(embeddings=True, n_threads=2, embed_workers=2)
+    c.get_embeddings_batch(sentences[:50], batch_tokens=32)
+    c.close()
+    with pytest.raises(llama.ClosedError):
+        c.get_embeddings_batch(["x"])
+    m.close()

@@ -307,11 +307,13 @@ def test_ctrl_c_interrupts_generate_with_draft_and_leaves_both_contexts_usable()
     """))
 
 
-def test_ctrl_c_interrupts_batch_embeddings():
-    run_child(textwrap.dedent("""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_interrupts_batch_embeddings(workers):
+    run_child(textwrap.dedent(f"""
     m = llama.load_model(llama.models.model_path("all-minilm-l6-v2"))
-    ctx = m.new_context(embeddings=True, n_threads=1)
-    texts = [f"sentence number {i} about nothing in particular" for i in range(200000)]
+    ctx = m.new_context(embeddings=True, n_threads={workers}, embed_workers={workers})
+    assert ctx.embed_workers == {workers}
+    texts = [f"sentence number {{i}} about nothing in particular" for i in range(200000)]
     """) + INTERRUPT.replace("CALL", "ctx.get_embeddings_batch(texts)") + textwrap.dedent("""
     assert ctx.get_embeddings_batch(["usable"]).shape == (1, m.n_embd)
     print("OK")

@@ -118,7 +118,8 @@ def test_entering_a_closed_object_raises(own_model):
 # Attributes that stay readable after close(), like a closed file's ``name`` and ``closed``.
 CONTEXT_READABLE_AFTER_CLOSE = {"closed", "model", "close", "last_stats", "cancel",
                                 "kv_cache_type", "flash_attn", "prefix_caching", "cached_tokens",
-                                "last_embedding_stats", "last_batch_stats", "busy", "options"}
+                                "last_embedding_stats", "last_batch_stats", "busy", "options",
+                                "embed_workers"}
 _HI = [{"role": "user", "content": "Hi"}]
 CONTEXT_CALLS = {
     "generate": lambda c: c.generate("Hi", max_tokens=2, temperature=0.0),

@@ -219,7 +219,21 @@ def test_registry_pins_derived_smollm_f32(models: ModuleType) -> None:
     assert f32.convert is None
     assert f32.license == models.KNOWN_MODELS[f32.derive.base].license == "Apache-2.0"
     # the models that are downloaded or converted are derived from nothing
-    assert [name for name, s in models.KNOWN_MODELS.items() if s.derive] == [f32.name]
+    assert [name for name, s in models.KNOWN_MODELS.items() if s.derive] == [
+        "all-minilm-l6-v2-bf16", f32.name]
+
+
+MINILM_BF16_SHA256 = "d87141360d6b0d4ff11908e2a4298cfb70554624813e972cc3210ebe7aaf1da6"
+
+
+def test_registry_pins_derived_minilm_bf16(models: ModuleType) -> None:
+    """llama.cpp's quantizer rounds F32 to BF16 with its reference (scalar) routine, so the
+    bytes, and the pin, do not depend on the CPU."""
+    bf16 = models.KNOWN_MODELS["all-minilm-l6-v2-bf16"]
+    assert (bf16.filename, bf16.sha256) == ("all-MiniLM-L6-v2.BF16.gguf", MINILM_BF16_SHA256)
+    assert bf16.derive == models.Derivation(base="all-minilm-l6-v2-f32", ftype="bf16")
+    assert bf16.parts == () and bf16.convert is None
+    assert bf16.license == models.KNOWN_MODELS[bf16.derive.base].license == "Apache-2.0"
 
 
 def test_derivation_is_validated(models: ModuleType) -> None:

@@ -206,6 +206,7 @@ cdef extern from "llama.h" nogil:
     uint32_t llama_n_seq_max(const llama_context * ctx)
     int32_t llama_n_threads(llama_context * ctx)
     int32_t llama_n_threads_batch(llama_context * ctx)
+    void llama_set_n_threads(llama_context * ctx, int32_t n_threads, int32_t n_threads_batch)
     # The C function shares its name with the enum type; Cython needs another name for it.
     llama_pooling_type llama_pooling_type_of "llama_pooling_type"(const llama_context * ctx)
     llama_memory_t llama_get_memory(const llama_context * ctx)
