@@ -385,6 +385,7 @@ cdef object _embed_into(Context self, _TextBuffers buf, float[:, ::1] out, bint 
                 if done > reported:
                     if progress(done - reported) is False:
                         stop_asked = True
+                        counter.stop()     # the other workers finish the batch they hold
                         break
                     reported = done
         while not all_returned:        # the other workers' last batches
@@ -396,6 +397,7 @@ cdef object _embed_into(Context self, _TextBuffers buf, float[:, ::1] out, bint 
                 if done > reported:
                     if progress(done - reported) is False:
                         stop_asked = True
+                        counter.stop()
                     reported = done
     finally:
         counter.stop()                 # an exception or a stop: no worker takes another batch
