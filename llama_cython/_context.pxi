@@ -15,7 +15,7 @@ cdef cppbool _abort_callback(void * data) noexcept nogil:
 
 # Data-parallel embedding (see _embed.pxi): the default number of workers of an embeddings
 # context. A model without a KV cache (BERT-like encoders) of at most 1 GiB gets one worker per
-# batch thread, up to 8 (each worker's context holds its own compute buffers: a few tens of MB
+# batch thread, up to 8 (each worker's context holds its own compute buffers: about 50 MB
 # for all-MiniLM); others embed on the context alone, where ggml's ops are long enough for the
 # threads to share them, and a second context would double the KV cache.
 cdef int _MAX_EMBED_WORKERS = 8
